@@ -1,0 +1,97 @@
+/* internal.h — what the files of libaltpath share and nothing outside sees.
+ *
+ * Sections are headed by the .c file that defines what follows.
+ *
+ *   unit.c  ── decides (which path, when to hold, fence, resubmit)
+ *     │  path->ops->submit / fence / close
+ *     ▼
+ *   path-direct.c  path-fault.c (wraps any path)  path-served.c (later)
+ *     │  ap_path_done(path, io, err)  ── each completion, on a path thread
+ *     ▼
+ *   path->owner_done: the unit, or the wrapping fault path
+ *
+ * Policy apart from mechanism: a path only does I/O and reports; the unit
+ * alone decides what an error means.
+ */
+#ifndef ALTPATH_INTERNAL_H
+#define ALTPATH_INTERNAL_H
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+
+#include "altpath.h"
+#include "clock.h"
+#include "log.h"
+
+/* ---------------------------------------------------------- path ops */
+
+struct ap_path_ops {
+  const char *kind_name;        /* "direct", "fault", "served" */
+
+  /* Start one request.  0: accepted; its completion comes later through
+   * ap_path_done() (possibly before submit returns, on another thread).
+   * Negative errno: refused now, no completion will come.  Must not block
+   * for long; never called with a unit lock held. */
+  int (*submit) (struct ap_path *p, struct ap_io *io);
+
+  /* Fence: make every request now in flight end soon, either with its real
+   * result or with -ECANCELED, and ensure that once it has ended it can no
+   * longer touch the caller's buffer or the disk.  Does not block; the
+   * caller waits for the completions.  For a served path a write is ended
+   * only once the server can no longer execute it (DESIGN.md invariant 3). */
+  void (*fence) (struct ap_path *p);
+
+  /* Free everything.  Called only with nothing in flight. */
+  void (*close) (struct ap_path *p);
+};
+
+/* Where a completion goes: the unit, or a wrapping path. */
+typedef void ap_owner_done_fn (void *owner, struct ap_path *p,
+                               struct ap_io *io, int err);
+
+/* The part every path kind shares; each kind embeds it first. */
+struct ap_path {
+  const struct ap_path_ops *ops;
+  struct ap_path_info info;     /* filled by the kind when it opens */
+
+  ap_owner_done_fn *owner_done; /* set by whoever owns the path */
+  void *owner;
+
+  ap_trace_fn *trace;           /* ap_path_set_trace(); NULL: none */
+  void *trace_opaque;
+};
+
+/* path.c */
+/* Fill the shared part; the kind fills info afterwards. */
+void ap_path_init (struct ap_path *p, const struct ap_path_ops *ops,
+                   enum ap_path_kind kind, const char *name);
+/* Send io down p (calls the trace hook). */
+int ap_path_submit (struct ap_path *p, struct ap_io *io);
+/* Every completion of a path goes through here exactly once. */
+void ap_path_done (struct ap_path *p, struct ap_io *io, int err);
+/* Requests the unit makes for itself (probes, flushes on switch). */
+#define AP_IO_KIND_USER  0
+#define AP_IO_KIND_PROBE 1
+#define AP_IO_KIND_SYNC  2      /* a flush the unit sends on a planned switch */
+
+/* --------------------------------------------------------------- errors.c */
+
+/* Record the calling thread's error (message and errno), like libnbd's
+ * set_error.  errnum is positive.  Returns -1 for convenience. */
+int ap_set_error (int errnum, const char *fmt, ...)
+  __attribute__ ((format (printf, 2, 3)));
+
+/* ------------------------------------------------------------ counters.c */
+
+void ap_counters_account (struct ap_counters *c, const struct ap_io *io,
+                          uint64_t latency_ns, int err);
+/* Percentile (0 < q < 1) of a latency histogram, in µs. */
+uint64_t ap_counters_percentile (const struct ap_counters *c, double q);
+
+/* ---------------------------------------------------------------- helpers */
+
+#define container_of(ptr, type, member) \
+  ((type *) ((char *) (ptr) - offsetof (type, member)))
+
+#endif /* ALTPATH_INTERNAL_H */
