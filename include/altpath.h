@@ -137,6 +137,7 @@ struct ap_path_info {
   uint32_t caps;                /* AP_CAN_* */
   bool read_only;
   bool o_direct;                /* opened with O_DIRECT (invariant 4) */
+  uint32_t max_inflight;        /* requests it takes at once; 0: no limit */
 };
 
 struct ap_direct_options {

@@ -31,8 +31,9 @@ struct ap_path_ops {
 
   /* Start one request.  0: accepted; its completion comes later through
    * ap_path_done() (possibly before submit returns, on another thread).
-   * Negative errno: refused now, no completion will come.  Must not block
-   * for long; never called with a unit lock held. */
+   * Negative errno: refused now, no completion will come; -EAGAIN means
+   * "no room now, try again after a completion" and does not blame the
+   * path.  Must not block for long; never called with a unit lock held. */
   int (*submit) (struct ap_path *p, struct ap_io *io);
 
   /* Fence: make every request now in flight end soon, either with its real

@@ -36,6 +36,8 @@
 enum io_state {
   IO_FREE = 0,
   IO_HELD,                      /* in u->held, waiting for a path */
+  IO_BACKLOG,                   /* in u->backlog, waiting for room on the
+                                   active path */
   IO_INFLIGHT,                  /* in u->inflight, sent to a path */
   IO_DONE,                      /* completed to the caller */
 };
@@ -115,6 +117,9 @@ struct ap_unit {
 
   uint64_t seq;                 /* submission order */
   struct io_list held;          /* sorted by seq */
+  struct io_list backlog;       /* ONLINE: more than the active path takes
+                                   at once; sorted by seq, sent in order as
+                                   room frees up */
   struct io_list inflight;      /* in order of sending: oldest first */
   uint64_t state_since_ns;
   uint64_t verify_deadline_ns;
@@ -364,6 +369,26 @@ paths_inflight (const struct ap_unit *u)
 
 /* ----------------------------------------------------------- dispatch */
 
+static bool
+has_room (const struct upath *up)
+{
+  uint32_t max = up->path->info.max_inflight;
+  return max == 0 || up->inflight < max;
+}
+
+/* What waits for room was never sent: when the active path changes it
+ * goes back with the held requests, in its place. */
+static void
+backlog_to_held (struct ap_unit *u)
+{
+  struct ap_io *io;
+  while ((io = u->backlog.head)) {
+    list_remove (&u->backlog, io);
+    io->internal.state = IO_HELD;
+    list_insert_by_seq (&u->held, io);
+  }
+}
+
 /* Account io as sent to up; the caller sends it once the lock is
  * dropped. */
 static void
@@ -398,6 +423,7 @@ fail_path_locked (struct ap_unit *u, struct upath *up, int err,
              up->last_error);
   }
   if (up == u->active) {
+    backlog_to_held (u);
     u->active = NULL;
     u->verify_probe = NULL;
     u->switch_target = NULL;
@@ -461,6 +487,63 @@ settle_locked (struct ap_unit *u, struct upath *up, struct ap_io *io,
   }
   return false;
 }
+
+/* A path refused io at submit.  -EAGAIN (no room) is neither a fault nor
+ * an answer: the request waits for room, in order, and a completion or
+ * the unit thread sends it again. */
+static bool
+refused_locked (struct ap_unit *u, struct upath *up, struct ap_io *io,
+                int err)
+{
+  if (err != -EAGAIN)
+    return settle_locked (u, up, io, err, ap_now_ns ());
+  list_remove (&u->inflight, io);
+  up->inflight--;
+  io->internal.attempts--;
+  if (up == u->active && u->state == AP_UNIT_ONLINE) {
+    io->internal.state = IO_BACKLOG;
+    list_insert_by_seq (&u->backlog, io);
+  }
+  else {
+    io->internal.state = IO_HELD;
+    list_insert_by_seq (&u->held, io);
+  }
+  pthread_cond_signal (&u->wake);
+  return false;
+}
+
+/* Move up to max requests from src (in order) to the path up, accounted
+ * as in flight and threaded through pnext into send, for the caller to
+ * send once the lock is dropped.  0: no limit. */
+static void
+dispatch_batch_locked (struct ap_unit *u, struct upath *up,
+                       struct io_list *src, struct io_list *send)
+{
+  uint64_t now = ap_now_ns ();
+  struct ap_io *io;
+  while ((io = src->head) && has_room (up)) {
+    list_remove (src, io);
+    io->internal.pnext = NULL;
+    if (send->tail)
+      send->tail->internal.pnext = io;
+    else
+      send->head = io;
+    send->tail = io;
+    send->count++;
+    dispatch_locked (u, up, io, now);
+  }
+}
+
+/* ONLINE: send what waits for room, if there is room now. */
+static void
+pump_backlog_locked (struct ap_unit *u, struct io_list *send)
+{
+  if (u->state == AP_UNIT_ONLINE && u->backlog.count && u->active)
+    dispatch_batch_locked (u, u->active, &u->backlog, send);
+}
+
+static void send_all (struct ap_unit *u, struct upath *up,
+                      struct io_list *batch);
 
 /* The sync flush of a planned switch is the unit's own: no caller. */
 static void
@@ -537,9 +620,14 @@ unit_path_done (void *owner, struct ap_path *p, struct ap_io *io, int err)
     return;
   }
   bool done = settle_locked (u, up, io, err, now);
+  struct io_list send = { 0 };
+  pump_backlog_locked (u, &send);
+  struct upath *to = u->active;
   pthread_mutex_unlock (&u->lock);
   if (done)
     io->done (io, err);
+  if (send.head)
+    send_all (u, to, &send);
 }
 
 /* Send a batch of requests already accounted to up, in order.  A refusal
@@ -553,7 +641,7 @@ send_all (struct ap_unit *u, struct upath *up, struct io_list *batch)
     int r = ap_path_submit (up->path, io);
     if (r < 0) {
       pthread_mutex_lock (&u->lock);
-      bool done = settle_locked (u, up, io, r, ap_now_ns ());
+      bool done = refused_locked (u, up, io, r);
       pthread_mutex_unlock (&u->lock);
       if (done)
         io->done (io, r);
@@ -634,12 +722,18 @@ ap_unit_submit (struct ap_unit *u, struct ap_io *io)
   io->internal.seq = ++u->seq;
   if (u->state == AP_UNIT_ONLINE && u->held.count == 0) {
     struct upath *up = u->active;
+    if (u->backlog.count || !has_room (up)) {
+      io->internal.state = IO_BACKLOG;
+      list_append (&u->backlog, io);
+      pthread_mutex_unlock (&u->lock);
+      return 0;
+    }
     dispatch_locked (u, up, io, now);
     pthread_mutex_unlock (&u->lock);
     int r = ap_path_submit (up->path, io);
     if (r < 0) {
       pthread_mutex_lock (&u->lock);
-      bool done = settle_locked (u, up, io, r, ap_now_ns ());
+      bool done = refused_locked (u, up, io, r);
       pthread_mutex_unlock (&u->lock);
       if (done)
         io->done (io, r);
@@ -791,25 +885,17 @@ activate (struct ap_unit *u, struct upath *up, enum ap_unit_event ev,
   note_path_states (u, reason, 0);
 
   /* Resubmit what was held.  New requests keep joining the held queue
-   * behind these until it is empty, so the order is kept. */
+   * behind these until it is empty, so the order is kept; what the path
+   * has no room for waits in the backlog, still in order. */
   while (u->held.count > 0) {
-    struct io_list batch = list_take_all (&u->held);
-    uint64_t now = ap_now_ns ();
-    struct ap_io *io = batch.head;
-    struct ap_io *prev = NULL;
-    /* Thread the batch through pnext (next/prev now belong to the
-     * in-flight list). */
     struct io_list send = { 0 };
-    while (io) {
-      struct ap_io *next = io->internal.next;
-      io->internal.pnext = NULL;
-      if (prev)
-        prev->internal.pnext = io;
-      else
-        send.head = io;
-      prev = io;
-      dispatch_locked (u, up, io, now);
-      io = next;
+    if (u->backlog.count == 0)
+      dispatch_batch_locked (u, up, &u->held, &send);
+    struct ap_io *io;
+    while ((io = u->held.head)) {
+      list_remove (&u->held, io);
+      io->internal.state = IO_BACKLOG;
+      list_append (&u->backlog, io);
     }
     pthread_mutex_unlock (&u->lock);
     send_all (u, up, &send);
@@ -818,6 +904,14 @@ activate (struct ap_unit *u, struct upath *up, enum ap_unit_event ev,
       return;                   /* it failed under the resubmission */
   }
   transition (u, ev, reason, 0);
+  /* Room may have freed while we were not ONLINE. */
+  struct io_list send = { 0 };
+  pump_backlog_locked (u, &send);
+  if (send.head) {
+    pthread_mutex_unlock (&u->lock);
+    send_all (u, up, &send);
+    pthread_mutex_lock (&u->lock);
+  }
 }
 
 /* Fail (or, when closing, end) everything held. */
@@ -929,6 +1023,7 @@ static void
 begin_switch (struct ap_unit *u, struct upath *target, bool manual,
               const char *reason)
 {
+  backlog_to_held (u);
   u->switch_target = target;
   u->switch_manual = manual;
   snprintf (u->switch_reason, sizeof u->switch_reason, "%s", reason);
@@ -1075,6 +1170,21 @@ unit_thread (void *arg)
     }
     if (u->state == AP_UNIT_OFFLINE && u->closing && u->held.count)
       fail_held (u, -ESHUTDOWN);
+    if (u->backlog.count) {
+      /* A refusal with nothing in flight has no completion to send it
+       * again: do it from here. */
+      struct io_list send = { 0 };
+      struct upath *to = u->active;
+      pump_backlog_locked (u, &send);
+      if (send.head) {
+        pthread_mutex_unlock (&u->lock);
+        send_all (u, to, &send);
+        pthread_mutex_lock (&u->lock);
+        continue;
+      }
+      if (!u->active || u->active->inflight == 0)
+        w = min64 (w, ap_now_ns () + AP_MS (1));
+    }
     wake = min64 (wake, w);
     if (u->ev_count > 0 || wake <= ap_now_ns ())
       continue;
@@ -1295,7 +1405,8 @@ no_probe_busy (struct ap_unit *u, void *arg)
 static bool
 nothing_outstanding (struct ap_unit *u, void *arg)
 {
-  return u->held.count == 0 && paths_inflight (u) == 0
+  return u->held.count == 0 && u->backlog.count == 0
+    && paths_inflight (u) == 0
     && !u->sync_flush_busy;
 }
 
@@ -1616,7 +1727,7 @@ ap_unit_get_status (struct ap_unit *u, struct ap_unit_status *st)
   st->size = u->size;
   st->block_size = u->block_size;
   st->inflight = u->active ? u->active->inflight : 0;
-  st->held = u->held.count;
+  st->held = u->held.count + u->backlog.count;
   st->counters = u->counters;
   st->p50_us = ap_counters_percentile (&u->counters, 0.50);
   st->p99_us = ap_counters_percentile (&u->counters, 0.99);
