@@ -88,6 +88,11 @@ struct ap_io {
                                    0 for FLUSH */
   ap_io_done_fn *done;
   void *opaque;                 /* for the caller */
+  uint64_t deadline_ns;         /* CLOCK_MONOTONIC; if set, the unit never
+                                   sends the request to a path after it
+                                   and completes it with -ETIMEDOUT
+                                   instead (the NBD server's side of
+                                   invariant 3); 0: none */
 
   /* Private to libaltpath. */
   struct {

@@ -83,8 +83,11 @@
 #define REAPER_STACK (256 * 1024)
 /* CQ slots kept free for control SQEs: a fence's cancel, the stop NOP. */
 #define CQ_RESERVED 2u
-/* Most SQEs the reaper prepares before it submits them mid-batch. */
-#define BATCH_MAX 32u
+/* Most SQEs the reaper prepares before it submits them mid-batch.  Small:
+ * at queue depth 32 completions keep arriving, and a batch of 32 would
+ * hold every new request back until all 32 in flight had completed
+ * (measured: p50 +15% against fio; 8 matches fio). */
+#define BATCH_MAX 8u
 
 /* user_data of control SQEs.  Requests carry their struct ap_io pointer,
  * which is never this small. */

@@ -65,6 +65,7 @@ struct upath {
   bool dirty;                   /* writes since its last flush */
   uint64_t inflight;            /* the unit's requests on this path */
   uint64_t healthy_since_ns;
+  uint64_t failed_ns;           /* when it last failed */
   uint64_t lat_ewma_ns;         /* tie-break between equal paths */
   enum ap_path_state reported;  /* last state told in an event */
 
@@ -107,6 +108,8 @@ struct ap_unit {
   struct upath *paths[AP_MAX_PATHS];
   unsigned npaths;
   struct upath *active;         /* NULL in VERIFY and OFFLINE */
+  struct upath *verify_from;    /* the path that failed last (for the
+                                   switch event) */
   struct upath *pinned;         /* operator's choice, or NULL */
   struct upath *switch_target;  /* SWITCH: where to */
   bool switch_manual;
@@ -416,6 +419,7 @@ fail_path_locked (struct ap_unit *u, struct upath *up, int err,
                   const char *what)
 {
   record_path_error (up, err, what);
+  up->failed_ns = ap_now_ns ();
   if (up->healthy) {
     up->healthy = false;
     up->healthy_since_ns = 0;
@@ -424,6 +428,7 @@ fail_path_locked (struct ap_unit *u, struct upath *up, int err,
   }
   if (up == u->active) {
     backlog_to_held (u);
+    u->verify_from = up;
     u->active = NULL;
     u->verify_probe = NULL;
     u->switch_target = NULL;
@@ -572,8 +577,17 @@ probe_done_locked (struct ap_unit *u, struct upath *up, int err,
   up->probe.internal.state = IO_FREE;
   bool first = up->never_probed;
   up->never_probed = false;
-  if (err == 0) {
+  /* The disk answered: a medium error on the probed block, say, blames
+   * the data, not the way to it; every path would say the same. */
+  if (err == 0 || !ap_error_is_path_fault (err)) {
     up->probes_ok++;
+    /* A probe sent before the path last failed says nothing about it
+     * now. */
+    if (up->probe_started_ns < up->failed_ns) {
+      pthread_cond_signal (&u->wake);
+      pthread_cond_broadcast (&u->changed);
+      return;
+    }
     up->probe_ok_ns = now;
     if (!up->healthy) {
       up->healthy = true;
@@ -630,6 +644,29 @@ unit_path_done (void *owner, struct ap_path *p, struct ap_io *io, int err)
     send_all (u, to, &send);
 }
 
+/* A request whose deadline passed before it could be sent: it never
+ * reaches a path.  Completes it to the caller with -ETIMEDOUT. */
+static void
+expire (struct ap_unit *u, struct upath *up, struct ap_io *io)
+{
+  pthread_mutex_lock (&u->lock);
+  list_remove (&u->inflight, io);
+  up->inflight--;
+  if (up->inflight == 0)
+    up->fence_sent = false;
+  io->internal.state = IO_DONE;
+  u->counters.errors++;
+  pthread_cond_signal (&u->wake);
+  pthread_mutex_unlock (&u->lock);
+  io->done (io, -ETIMEDOUT);
+}
+
+static bool
+expired (const struct ap_io *io)
+{
+  return io->deadline_ns && ap_now_ns () > io->deadline_ns;
+}
+
 /* Send a batch of requests already accounted to up, in order.  A refusal
  * is settled like a completion with that error. */
 static void
@@ -638,6 +675,12 @@ send_all (struct ap_unit *u, struct upath *up, struct io_list *batch)
   struct ap_io *io = batch->head;
   while (io) {
     struct ap_io *next = io->internal.pnext;
+    /* Checked as late as we can: the last moment before the path. */
+    if (expired (io)) {
+      expire (u, up, io);
+      io = next;
+      continue;
+    }
     int r = ap_path_submit (up->path, io);
     if (r < 0) {
       pthread_mutex_lock (&u->lock);
@@ -666,7 +709,10 @@ validate (struct ap_unit *u, const struct ap_io *io)
     return 0;
   case AP_OP_READ:
   case AP_OP_WRITE:
-    if (io->buf == NULL || ((uintptr_t) io->buf % bs) != 0)
+    if (io->buf == NULL)
+      return ap_set_error (EINVAL, "unit %s: read or write without a "
+                           "buffer", u->name);
+    if (((uintptr_t) io->buf % bs) != 0)
       return ap_set_error (EINVAL, "unit %s: buffer %p is not aligned to "
                            "the block size %llu (direct I/O needs it; use "
                            "posix_memalign)", u->name, io->buf,
@@ -730,6 +776,10 @@ ap_unit_submit (struct ap_unit *u, struct ap_io *io)
     }
     dispatch_locked (u, up, io, now);
     pthread_mutex_unlock (&u->lock);
+    if (expired (io)) {
+      expire (u, up, io);
+      return 0;
+    }
     int r = ap_path_submit (up->path, io);
     if (r < 0) {
       pthread_mutex_lock (&u->lock);
@@ -868,7 +918,8 @@ static void
 activate (struct ap_unit *u, struct upath *up, enum ap_unit_event ev,
           bool manual, const char *reason)
 {
-  struct upath *from = u->active;
+  struct upath *from = u->active ? u->active : u->verify_from;
+  u->verify_from = NULL;
   u->active = up;
   if (from != up) {
     if (manual)
@@ -1102,6 +1153,8 @@ reap_removed (struct ap_unit *u)
       continue;
     if (up == u->pinned)
       u->pinned = NULL;
+    if (up == u->verify_from)
+      u->verify_from = NULL;
     if (u->switch_target == up || u->switch_request == up
         || u->verify_probe == up)
       continue;
