@@ -1,0 +1,932 @@
+/* nbd-conn.c — one NBD client: the handshake, then transmission.
+ *
+ * Threads of one connection:
+ *
+ *   connection thread (the reader)       unit's library thread(s)
+ *   ──────────────────────────────       ────────────────────────
+ *   handshake (nbd-handshake.c parses)
+ *   loop: read a request header,          slot_done(): note the result,
+ *     take a free slot (its buffer),  ┌──   put the slot on the reply
+ *     read the WRITE payload into it, │     queue, wake the writer
+ *     ap_unit_submit() ───────────────┘     (never blocks: the queue is
+ *                                            a list through the slots)
+ *   writer thread
+ *   ─────────────
+ *   take the whole reply queue, build headers, one writev (or corked TLS
+ *   records) for the batch, put the slots back on the free list.
+ *
+ * A slot goes FREE -> reader fills it -> unit (or straight to the queue
+ * with an error) -> reply queue -> writer -> FREE.  `busy` counts slots
+ * that are not free; the connection ends once the reader has stopped and
+ * busy is 0, i.e. every request taken has been completed by the unit and
+ * its reply sent (or dropped, when the socket is dead).
+ *
+ * Why no deadlock when a client stops reading replies: completions only
+ * append to a list; the writer alone blocks on the socket; the reader
+ * blocks only when all slots are taken, and every taken slot comes back
+ * once the writer can send again (or the socket dies, which frees them
+ * all).  FLUSH covers every write replied to on any connection, because a
+ * write is replied to only after the unit completed it.
+ *
+ * Lock order: conn->lock is a leaf: nothing else is locked while it is
+ * held (in particular no unit call is made under it).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+
+#include "altpath.h"
+#include "log.h"
+#include "nbd-handshake.h"
+#include "nbd-internal.h"
+#include "nbd-proto.h"
+#include "nbd-request.h"
+#include "nbd-tls.h"
+
+#define RBUF_SIZE       (128u * 1024)
+#define BATCH_SLOTS     64      /* replies per writev at most */
+#define BUF_GRANULE     (64u * 1024)
+
+#ifndef container_of
+#define container_of(ptr, type, member) \
+  ((type *) ((char *) (ptr) - offsetof (type, member)))
+#endif
+
+struct slot {
+  struct ap_io io;              /* submitted to the unit */
+  struct nbd_conn *conn;
+  struct slot *next;            /* free list or reply queue */
+  uint64_t cookie;
+  uint64_t offset;
+  uint32_t length;
+  uint16_t type, flags;
+  uint32_t error;               /* NBD_E* of the reply; 0: success */
+  const char *msg;              /* structured error message, or NULL */
+  bool flush_after;             /* TRIM+FUA: a FLUSH before the reply */
+  void *buf;                    /* READ/WRITE data (aligned) */
+  size_t cap;                   /* bytes allocated at buf */
+  uint8_t hdr[40];              /* reply header, built by the writer */
+};
+
+struct nbd_conn {
+  struct nbd_server *srv;
+  void *link;                   /* the server's entry for us */
+  int fd;
+  int stop_fd;                  /* readable once the server stops */
+  enum tls_mode tls_mode;       /* the listener's */
+  struct nbd_tls_session *tls;  /* NULL: plaintext */
+  char addr[128];               /* the client, for messages */
+  char peer[NBD_TLS_PEER_MAX];  /* authenticated name; "" if none */
+  pthread_t thread, writer;
+  bool started, writer_started;
+
+  /* Receive buffer (reader thread only). */
+  uint8_t *rbuf;
+  size_t rpos, rlen;
+
+  /* Handshake (reader thread only). */
+  struct nbd_hs hs;
+
+  /* Transmission; fixed once it starts. */
+  struct export *export;        /* reference held */
+  struct ap_unit *unit;
+  struct nbd_req_limits limits;
+  size_t align;                 /* buffer alignment */
+  struct slot *slots;
+  size_t buf_total;             /* bytes in slot buffers (reader only) */
+
+  /* Protected by lock. */
+  pthread_mutex_t lock;
+  pthread_cond_t slot_cond;     /* a slot came back (reader waits) */
+  pthread_cond_t reply_cond;    /* a reply is queued, or the reader is
+                                   done (writer waits) */
+  struct slot *free_list;
+  struct slot *q_head, *q_tail; /* replies to send, in completion order */
+  unsigned busy;                /* slots not on the free list */
+  bool reader_done;             /* no further request will be taken */
+  bool dead;                    /* the socket failed: drop replies */
+};
+
+/* ------------------------------------------------------------ errors */
+
+/* A host errno (positive) as an NBD error value. */
+static uint32_t
+nbd_errno (int e)
+{
+  switch (e) {
+  case EPERM: case EACCES: case EROFS:
+    return NBD_EPERM;
+  case ENOMEM:
+    return NBD_ENOMEM;
+  case EINVAL:
+    return NBD_EINVAL;
+  case ENOSPC: case EDQUOT: case EFBIG:
+    return NBD_ENOSPC;
+  case EOVERFLOW:
+    return NBD_EOVERFLOW;
+  case EOPNOTSUPP:
+    return NBD_ENOTSUP;
+  case ESHUTDOWN:
+    return NBD_ESHUTDOWN;
+  case EIO:
+  default:
+    return NBD_EIO;
+  }
+}
+
+/* --------------------------------------------------------- socket I/O */
+
+/* Up to n bytes from the client: > 0, 0 at end of stream, -1 error. */
+static ssize_t
+raw_recv (struct nbd_conn *c, void *buf, size_t n)
+{
+  if (c->tls)
+    return nbd_tls_recv (c->tls, buf, n);
+  for (;;) {
+    ssize_t r = recv (c->fd, buf, n, 0);
+    if (r >= 0 || errno != EINTR)
+      return r;
+  }
+}
+
+/* Exactly n bytes into dst (NULL: read and drop them).  -1 on error or
+ * end of stream. */
+static int
+read_exact (struct nbd_conn *c, void *dst, size_t n)
+{
+  uint8_t *d = dst;
+
+  while (n > 0) {
+    if (c->rpos < c->rlen) {
+      size_t k = c->rlen - c->rpos < n ? c->rlen - c->rpos : n;
+      if (d) {
+        memcpy (d, c->rbuf + c->rpos, k);
+        d += k;
+      }
+      c->rpos += k;
+      n -= k;
+      continue;
+    }
+    ssize_t r;
+    if (d && n >= RBUF_SIZE / 2) {
+      /* Large payloads go straight into their buffer. */
+      r = raw_recv (c, d, n);
+      if (r <= 0)
+        return -1;
+      d += r;
+      n -= (size_t) r;
+      continue;
+    }
+    r = raw_recv (c, c->rbuf, RBUF_SIZE);
+    if (r <= 0)
+      return -1;
+    c->rpos = 0;
+    c->rlen = (size_t) r;
+  }
+  return 0;
+}
+
+/* Wait until the client sent something.  1: data (or end of stream)
+ * waiting; 0: the server is stopping; -1: timeout or error. */
+static int
+wait_input (struct nbd_conn *c, int timeout_ms)
+{
+  if (c->rpos < c->rlen || (c->tls && nbd_tls_pending (c->tls)))
+    return nbd_server_stopping (c->srv) ? 0 : 1;
+  for (;;) {
+    struct pollfd p[2] = {
+      { .fd = c->fd, .events = POLLIN },
+      { .fd = c->stop_fd, .events = POLLIN },
+    };
+    int r = poll (p, 2, timeout_ms);
+    if (r < 0 && errno == EINTR)
+      continue;
+    if (r < 0)
+      return -1;
+    if (p[1].revents)
+      return 0;
+    if (r == 0)
+      return -1;
+    return 1;
+  }
+}
+
+/* Send every byte of iov (plaintext or TLS).  0, or -1. */
+static int
+send_iov (struct nbd_conn *c, struct iovec *iov, int n)
+{
+  if (c->tls)
+    return nbd_tls_sendv (c->tls, iov, n);
+  while (n > 0) {
+    struct msghdr m = { .msg_iov = iov, .msg_iovlen = (size_t) n };
+    ssize_t r = sendmsg (c->fd, &m, MSG_NOSIGNAL);
+    if (r < 0) {
+      if (errno == EINTR)
+        continue;
+      return -1;
+    }
+    size_t k = (size_t) r;
+    while (n > 0 && k >= iov->iov_len) {
+      k -= iov->iov_len;
+      iov++;
+      n--;
+    }
+    if (n > 0) {
+      iov->iov_base = (uint8_t *) iov->iov_base + k;
+      iov->iov_len -= k;
+    }
+  }
+  return 0;
+}
+
+static int
+send_bytes (struct nbd_conn *c, const void *buf, size_t len)
+{
+  struct iovec iov = { .iov_base = (void *) buf, .iov_len = len };
+  return len ? send_iov (c, &iov, 1) : 0;
+}
+
+static void
+set_rcvtimeo (int fd, unsigned ms)
+{
+  struct timeval tv = { .tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000 };
+  setsockopt (fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+}
+
+/* ---------------------------------------------------------- handshake */
+
+static bool
+peer_allowed (const struct export *e, const char *peer)
+{
+  if (!e->allow)
+    return true;
+  if (!peer[0])
+    return false;
+  for (size_t i = 0; i < e->nallow; i++)
+    if (e->allow[i] && strcmp (e->allow[i], peer) == 0)
+      return true;
+  return false;
+}
+
+/* Answer one option against a snapshot of the export list.  On GO, takes
+ * a reference to the chosen export into c->export. */
+static void
+answer_option (struct nbd_conn *c, uint32_t option, const uint8_t *data,
+               uint32_t len, struct nbd_hs_out *out)
+{
+  size_t n = 0;
+  struct export **ev = nbd_server_exports_get (c->srv, &n);
+  struct nbd_hs_export *hx = n ? calloc (n, sizeof *hx) : NULL;
+
+  if (n && !hx) {
+    nbd_server_exports_put (ev, n);
+    out->len = 0;
+    out->next = NBD_HS_CLOSE;
+    out->why = "out of memory";
+    return;
+  }
+  for (size_t i = 0; i < n; i++) {
+    struct export *e = ev[i];
+    hx[i] = (struct nbd_hs_export) {
+      .name = e->name,
+      .description = e->description,
+      .size = ap_unit_size (e->unit),
+      .block_size = ap_unit_block_size (e->unit),
+      .read_only = e->read_only,
+      .restricted = e->allow != NULL,
+      .admitted = peer_allowed (e, c->peer),
+      .handle = e,
+    };
+  }
+  struct nbd_hs_env env = {
+    .exports = hx,
+    .nexports = n,
+    .tls = c->tls_mode,
+    .shutting_down = nbd_server_stopping (c->srv),
+  };
+  nbd_hs_option (&c->hs, &env, option, data, len, out);
+  if (out->next == NBD_HS_GO)
+    c->export = export_get (ev[out->export]);
+  free (hx);
+  nbd_server_exports_put (ev, n);
+}
+
+/* The handshake.  Returns the transmission flags sent (c->export set), or
+ * -1 to close. */
+static int
+handshake (struct nbd_conn *c, uint8_t *optbuf)
+{
+  uint8_t greet[NBD_GREETING_LEN], flags[4], hdr[NBD_OPT_HEADER_LEN];
+  struct nbd_hs_out out = { 0 };
+  int ret = -1;
+
+  nbd_hs_init (&c->hs);
+  nbd_hs_greeting (greet);
+  if (send_bytes (c, greet, sizeof greet) < 0)
+    return -1;
+  if (wait_input (c, NBD_HANDSHAKE_TIMEOUT_MS) <= 0
+      || read_exact (c, flags, 4) < 0)
+    return -1;
+  if (nbd_hs_client_flags (&c->hs, flags) < 0) {
+    ap_info ("nbd: %s: unknown client flags 0x%08x: closing", c->addr,
+             nbd_get32 (flags));
+    return -1;
+  }
+
+  for (;;) {
+    uint32_t option, len;
+    int w = wait_input (c, NBD_HANDSHAKE_TIMEOUT_MS);
+    if (w <= 0) {
+      if (w < 0)
+        ap_debug (AP_DEBUG_CONTROL, "nbd: %s: handshake timed out or "
+                  "failed", c->addr);
+      break;
+    }
+    if (read_exact (c, hdr, sizeof hdr) < 0)
+      break;
+    switch (nbd_hs_opt_header (&c->hs, hdr, &option, &len)) {
+    case NBD_HS_HDR_HANGUP:
+      ap_info ("nbd: %s: bad option header (option %u, length %u): "
+               "closing", c->addr, option, len);
+      goto done;
+    case NBD_HS_HDR_TOO_BIG:
+      if (read_exact (c, NULL, len) < 0)
+        goto done;
+      nbd_hs_too_big (&c->hs, option, &out);
+      break;
+    case NBD_HS_HDR_OK:
+      if (read_exact (c, optbuf, len) < 0)
+        goto done;
+      answer_option (c, option, optbuf, len, &out);
+      break;
+    }
+    if (out.oom || send_bytes (c, out.buf, out.len) < 0)
+      goto done;
+    switch (out.next) {
+    case NBD_HS_CONTINUE:
+      break;
+    case NBD_HS_CLOSE:
+      if (option != NBD_OPT_ABORT)
+        ap_info ("nbd: %s: %s: closing", c->addr,
+                 out.why ? out.why : "handshake ended");
+      goto done;
+    case NBD_HS_GO:
+      ret = out.tflags;
+      goto done;
+    case NBD_HS_STARTTLS: {
+      char err[256];
+      if (c->rpos < c->rlen) {
+        ap_info ("nbd: %s: data sent before the TLS handshake: closing",
+                 c->addr);
+        goto done;
+      }
+      c->tls = nbd_tls_accept (nbd_server_tls_creds (c->srv), c->fd,
+                               NBD_HANDSHAKE_TIMEOUT_MS, c->peer,
+                               sizeof c->peer, err, sizeof err);
+      if (!c->tls) {
+        ap_info ("nbd: %s: %s: closing", c->addr, err);
+        goto done;
+      }
+      nbd_hs_tls_started (&c->hs);
+      ap_debug (AP_DEBUG_CONTROL, "nbd: %s: TLS up, peer '%s'", c->addr,
+                c->peer);
+      break;
+    }
+    }
+  }
+ done:
+  nbd_hs_out_free (&out);
+  return ret;
+}
+
+/* ------------------------------------------------------------- slots */
+
+static void
+slot_free_locked (struct nbd_conn *c, struct slot *s)
+{
+  s->next = c->free_list;
+  c->free_list = s;
+  c->busy--;
+}
+
+/* Give back a slot that never reached the reply queue. */
+static void
+slot_release (struct nbd_conn *c, struct slot *s)
+{
+  pthread_mutex_lock (&c->lock);
+  slot_free_locked (c, s);
+  pthread_cond_signal (&c->reply_cond);
+  pthread_mutex_unlock (&c->lock);
+}
+
+/* A free slot whose buffer holds at least need bytes.  Waits while every
+ * slot is busy, or while the buffers would go over the budget.  NULL if
+ * the connection died; a slot with cap < need if memory ran out. */
+static struct slot *
+slot_get (struct nbd_conn *c, size_t need)
+{
+  struct slot *s;
+
+  pthread_mutex_lock (&c->lock);
+  while (!c->free_list && !c->dead)
+    pthread_cond_wait (&c->slot_cond, &c->lock);
+  if (c->dead) {
+    pthread_mutex_unlock (&c->lock);
+    return NULL;
+  }
+  s = c->free_list;
+  c->free_list = s->next;
+  c->busy++;
+  pthread_mutex_unlock (&c->lock);
+  if (need <= s->cap)
+    return s;
+
+  size_t want = (need + BUF_GRANULE - 1) / BUF_GRANULE * BUF_GRANULE;
+  /* Over budget: drop the biggest idle buffers first, else wait for
+   * requests in flight to come back. */
+  pthread_mutex_lock (&c->lock);
+  while (c->buf_total - s->cap + want > NBD_CONN_BUF_BUDGET && !c->dead) {
+    struct slot *big = NULL;
+    for (struct slot *f = c->free_list; f; f = f->next)
+      if (f->cap && (!big || f->cap > big->cap))
+        big = f;
+    if (big) {
+      free (big->buf);
+      c->buf_total -= big->cap;
+      big->buf = NULL;
+      big->cap = 0;
+    }
+    else
+      pthread_cond_wait (&c->slot_cond, &c->lock);
+  }
+  pthread_mutex_unlock (&c->lock);
+
+  free (s->buf);
+  c->buf_total -= s->cap;
+  s->buf = NULL;
+  s->cap = 0;
+  if (posix_memalign (&s->buf, c->align, want) != 0)
+    s->buf = NULL;
+  else {
+    s->cap = want;
+    c->buf_total += want;
+  }
+  return s;
+}
+
+/* Put a finished slot on the reply queue (any thread; never blocks for
+ * long). */
+static void
+queue_reply (struct slot *s)
+{
+  struct nbd_conn *c = s->conn;
+
+  s->next = NULL;
+  pthread_mutex_lock (&c->lock);
+  if (c->q_tail)
+    c->q_tail->next = s;
+  else
+    c->q_head = s;
+  c->q_tail = s;
+  pthread_cond_signal (&c->reply_cond);
+  pthread_mutex_unlock (&c->lock);
+}
+
+/* The unit is done with a request (library thread). */
+static void
+slot_done (struct ap_io *io, int err)
+{
+  struct slot *s = container_of (io, struct slot, io);
+  struct nbd_conn *c = s->conn;
+
+  if (err == 0 && s->flush_after) {
+    /* TRIM with FUA: persisted before the reply. */
+    s->flush_after = false;
+    io->op = AP_OP_FLUSH;
+    io->flags = 0;
+    io->buf = NULL;
+    io->offset = 0;
+    io->length = 0;
+    if (ap_unit_submit (c->unit, io) == 0)
+      return;
+    err = -ap_get_errno ();
+  }
+  /* A trim is a hint: a disk that cannot discard did nothing wrong. */
+  if (s->type == NBD_CMD_TRIM && err == -EOPNOTSUPP)
+    err = 0;
+  if (err) {
+    s->error = nbd_errno (-err);
+    s->msg = NULL;
+    ap_debug (AP_DEBUG_DATA, "nbd: %s: request type %u at %llu+%u failed: "
+              "%s", c->addr, s->type, (unsigned long long) s->offset,
+              s->length, strerror (-err));
+  }
+  queue_reply (s);
+}
+
+/* Send a checked request to the unit, or answer it at once. */
+static void
+dispatch (struct nbd_conn *c, struct slot *s)
+{
+  struct ap_io *io = &s->io;
+
+  memset (io, 0, offsetof (struct ap_io, internal));
+  io->done = slot_done;
+  io->opaque = s;
+  io->offset = s->offset;
+  io->length = s->length;
+
+  switch (s->type) {
+  case NBD_CMD_READ:
+    io->op = AP_OP_READ;
+    io->buf = s->buf;
+    break;
+  case NBD_CMD_WRITE:
+    io->op = AP_OP_WRITE;
+    io->buf = s->buf;
+    if (s->flags & NBD_CMD_FLAG_FUA)
+      io->flags |= AP_IO_FUA;
+    break;
+  case NBD_CMD_FLUSH:
+    io->op = AP_OP_FLUSH;
+    io->offset = io->length = 0;
+    break;
+  case NBD_CMD_TRIM:
+    io->op = AP_OP_TRIM;
+    s->flush_after = (s->flags & NBD_CMD_FLAG_FUA) != 0;
+    break;
+  case NBD_CMD_WRITE_ZEROES:
+    io->op = AP_OP_WRITE_ZEROES;
+    if (s->flags & NBD_CMD_FLAG_FUA)
+      io->flags |= AP_IO_FUA;
+    if (s->flags & NBD_CMD_FLAG_NO_HOLE)
+      io->flags |= AP_IO_NO_HOLE;
+    break;
+  default:
+    /* CACHE: the unit has no cache to warm (O_DIRECT); a no-op success.
+     * BLOCK_STATUS: everything is data; the writer builds the chunk. */
+    queue_reply (s);
+    return;
+  }
+  /* Zero-length requests: the spec leaves them unspecified but asks not
+   * to disconnect; the unit refuses them, so succeed without it. */
+  if (io->op != AP_OP_FLUSH && s->length == 0) {
+    queue_reply (s);
+    return;
+  }
+
+  /* The unit queues what its path cannot take yet (a full ring is
+   * backpressure there, not an error), so this never blocks for long. */
+  if (ap_unit_submit (c->unit, io) < 0) {
+    int e = ap_get_errno ();
+    s->error = nbd_errno (e ? e : EIO);
+    s->msg = NULL;
+    ap_debug (AP_DEBUG_DATA, "nbd: %s: submit refused: %s", c->addr,
+              ap_get_error ());
+    queue_reply (s);
+  }
+}
+
+/* ------------------------------------------------------------ writer */
+
+/* The reply of one slot as up to 3 iovecs; returns how many. */
+static int
+build_reply (struct nbd_conn *c, struct slot *s, struct iovec *iov)
+{
+  uint8_t *h = s->hdr;
+
+  if (!c->limits.structured
+      || (s->error == 0 && s->type != NBD_CMD_READ
+          && s->type != NBD_CMD_BLOCK_STATUS)) {
+    nbd_put32 (h, NBD_SIMPLE_REPLY_MAGIC);
+    nbd_put32 (h + 4, s->error);
+    nbd_put64 (h + 8, s->cookie);
+    iov[0] = (struct iovec) { h, NBD_SIMPLE_REPLY_LEN };
+    if (s->type == NBD_CMD_READ && s->error == 0 && s->length > 0) {
+      iov[1] = (struct iovec) { s->buf, s->length };
+      return 2;
+    }
+    return 1;
+  }
+
+  nbd_put32 (h, NBD_STRUCTURED_REPLY_MAGIC);
+  nbd_put16 (h + 4, NBD_REPLY_FLAG_DONE);
+  nbd_put64 (h + 8, s->cookie);
+  if (s->error) {
+    const char *msg = s->msg ? s->msg : strerror (s->error);
+    size_t ml = strlen (msg);
+    if (ml > 200)
+      ml = 200;
+    nbd_put16 (h + 6, NBD_REPLY_TYPE_ERROR);
+    nbd_put32 (h + 16, (uint32_t) (6 + ml));
+    nbd_put32 (h + 20, s->error);
+    nbd_put16 (h + 24, (uint16_t) ml);
+    iov[0] = (struct iovec) { h, 26 };
+    if (ml == 0)
+      return 1;
+    iov[1] = (struct iovec) { (void *) msg, ml };
+    return 2;
+  }
+  if (s->type == NBD_CMD_READ) {
+    if (s->length == 0) {
+      nbd_put16 (h + 6, NBD_REPLY_TYPE_NONE);
+      nbd_put32 (h + 16, 0);
+      iov[0] = (struct iovec) { h, NBD_STRUCTURED_REPLY_LEN };
+      return 1;
+    }
+    nbd_put16 (h + 6, NBD_REPLY_TYPE_OFFSET_DATA);
+    nbd_put32 (h + 16, 8 + s->length);
+    nbd_put64 (h + 20, s->offset);
+    iov[0] = (struct iovec) { h, 28 };
+    iov[1] = (struct iovec) { s->buf, s->length };
+    return 2;
+  }
+  /* BLOCK_STATUS for base:allocation: all of it is allocated data (status
+   * 0, always true of a disk).  Without REQ_ONE the extent may run past
+   * the request, to the end of the export, which saves clients mapping
+   * the disk a round trip per request. */
+  uint64_t ext = s->length;
+  if (!(s->flags & NBD_CMD_FLAG_REQ_ONE)) {
+    uint64_t rest = c->limits.size - s->offset;
+    uint64_t cap = UINT32_MAX - UINT32_MAX % c->limits.min_block;
+    ext = rest < cap ? rest : cap;
+  }
+  nbd_put16 (h + 6, NBD_REPLY_TYPE_BLOCK_STATUS);
+  nbd_put32 (h + 16, 12);
+  nbd_put32 (h + 20, NBD_META_BASE_ALLOCATION_ID);
+  nbd_put32 (h + 24, (uint32_t) ext);
+  nbd_put32 (h + 28, 0);
+  iov[0] = (struct iovec) { h, 32 };
+  return 1;
+}
+
+static void
+mark_dead (struct nbd_conn *c)
+{
+  pthread_mutex_lock (&c->lock);
+  bool was = c->dead;
+  c->dead = true;
+  pthread_cond_broadcast (&c->slot_cond);
+  pthread_mutex_unlock (&c->lock);
+  if (!was) {
+    /* Wake the reader if it is blocked in recv. */
+    shutdown (c->fd, SHUT_RDWR);
+    ap_debug (AP_DEBUG_CONTROL, "nbd: %s: connection lost", c->addr);
+  }
+}
+
+static void *
+writer_thread (void *arg)
+{
+  struct nbd_conn *c = arg;
+  struct iovec iov[BATCH_SLOTS * 3];
+
+  for (;;) {
+    pthread_mutex_lock (&c->lock);
+    while (!c->q_head && !(c->reader_done && c->busy == 0))
+      pthread_cond_wait (&c->reply_cond, &c->lock);
+    struct slot *batch = c->q_head;
+    c->q_head = c->q_tail = NULL;
+    bool dead = c->dead;
+    pthread_mutex_unlock (&c->lock);
+    if (!batch)
+      break;                    /* reader done and nothing left */
+
+    struct slot *s = batch;
+    while (s) {
+      struct slot *first = s;
+      int n = 0, k = 0;
+      for (; s && k < BATCH_SLOTS; s = s->next, k++)
+        n += build_reply (c, s, iov + n);
+      if (!dead && send_iov (c, iov, n) < 0) {
+        dead = true;
+        mark_dead (c);
+      }
+      /* Give the slots of this batch back. */
+      pthread_mutex_lock (&c->lock);
+      for (struct slot *f = first; f != s;) {
+        struct slot *nx = f->next;
+        slot_free_locked (c, f);
+        f = nx;
+      }
+      pthread_cond_broadcast (&c->slot_cond);
+      pthread_mutex_unlock (&c->lock);
+    }
+  }
+  return NULL;
+}
+
+/* ------------------------------------------------------- transmission */
+
+static int
+transmission_setup (struct nbd_conn *c, uint16_t tflags)
+{
+  uint32_t bs = ap_unit_block_size (c->export->unit);
+
+  c->unit = c->export->unit;
+  c->align = bs > 4096 ? bs : 4096;
+  c->limits = (struct nbd_req_limits) {
+    .size = ap_unit_size (c->unit),
+    .min_block = nbd_min_block (bs),
+    .max_block = NBD_MAX_BLOCK,
+    .tflags = tflags,
+    .structured = c->hs.structured,
+    .meta_base = c->hs.meta_base,
+  };
+  c->slots = calloc (NBD_CONN_SLOTS, sizeof *c->slots);
+  if (!c->slots)
+    return -1;
+  for (unsigned i = 0; i < NBD_CONN_SLOTS; i++) {
+    c->slots[i].conn = c;
+    c->slots[i].next = c->free_list;
+    c->free_list = &c->slots[i];
+  }
+  if (pthread_create (&c->writer, NULL, writer_thread, c) != 0)
+    return -1;
+  c->writer_started = true;
+  return 0;
+}
+
+static void
+transmission (struct nbd_conn *c)
+{
+  uint8_t hdr[NBD_REQUEST_LEN];
+
+  for (;;) {
+    struct nbd_req r;
+    struct nbd_req_verdict v;
+
+    if (wait_input (c, -1) <= 0)
+      break;
+    if (read_exact (c, hdr, sizeof hdr) < 0)
+      break;                    /* the client went away */
+    if (nbd_req_decode (hdr, &r) < 0) {
+      ap_info ("nbd: %s: bad request magic 0x%08x: closing", c->addr,
+               nbd_get32 (hdr));
+      break;
+    }
+    nbd_req_check (&r, &c->limits, &v);
+    if (v.action == NBD_REQ_DISC)
+      break;
+    if (v.action == NBD_REQ_HANGUP) {
+      ap_info ("nbd: %s: %s: closing", c->addr, v.why);
+      break;
+    }
+
+    size_t need = v.action == NBD_REQ_DO
+      && (r.type == NBD_CMD_READ || r.type == NBD_CMD_WRITE) ? r.length : 0;
+    struct slot *s = slot_get (c, need);
+    if (!s)
+      break;
+    s->cookie = r.cookie;
+    s->offset = r.offset;
+    s->length = r.length;
+    s->type = r.type;
+    s->flags = r.flags;
+    s->error = 0;
+    s->msg = NULL;
+    s->flush_after = false;
+
+    if (v.action == NBD_REQ_DO && s->cap < need) {
+      v.action = NBD_REQ_ERROR;
+      v.error = NBD_ENOMEM;
+      v.why = "out of memory for the request buffer";
+    }
+    if (v.action == NBD_REQ_ERROR) {
+      if (v.payload && read_exact (c, NULL, v.payload) < 0) {
+        slot_release (c, s);
+        break;
+      }
+      s->error = v.error;
+      s->msg = v.why;
+      queue_reply (s);
+      continue;
+    }
+    if (v.payload && read_exact (c, s->buf, v.payload) < 0) {
+      slot_release (c, s);
+      break;
+    }
+    dispatch (c, s);
+  }
+
+  /* Stop taking requests; the writer ends once every taken request has
+   * been completed and answered. */
+  pthread_mutex_lock (&c->lock);
+  c->reader_done = true;
+  pthread_cond_signal (&c->reply_cond);
+  pthread_mutex_unlock (&c->lock);
+  pthread_join (c->writer, NULL);
+  c->writer_started = false;
+}
+
+/* ---------------------------------------------------------- lifecycle */
+
+static void *
+conn_thread (void *arg)
+{
+  struct nbd_conn *c = arg;
+  uint8_t *optbuf = malloc (NBD_HS_OPT_MAX);
+  int tflags = -1;
+
+  c->rbuf = malloc (RBUF_SIZE);
+  if (optbuf && c->rbuf) {
+    set_rcvtimeo (c->fd, NBD_HANDSHAKE_TIMEOUT_MS);
+    tflags = handshake (c, optbuf);
+  }
+  free (optbuf);
+  if (tflags >= 0) {
+    set_rcvtimeo (c->fd, 0);
+    ap_debug (AP_DEBUG_CONTROL, "nbd: %s: export '%s' (peer '%s')",
+              c->addr, c->export->name, c->peer);
+    if (transmission_setup (c, (uint16_t) tflags) == 0)
+      transmission (c);
+    else
+      ap_error ("nbd: %s: cannot set up the connection (out of memory or "
+                "threads)", c->addr);
+  }
+  pthread_mutex_lock (&c->lock);
+  bool dead = c->dead;
+  pthread_mutex_unlock (&c->lock);
+  nbd_tls_close (c->tls, !dead);
+  c->tls = NULL;
+  shutdown (c->fd, SHUT_RDWR);
+  export_put (c->export);
+  c->export = NULL;
+  ap_debug (AP_DEBUG_CONTROL, "nbd: %s: closed", c->addr);
+  /* Tell the server first, close after: until the server knows we are
+   * done it may shut the socket down (nbd_conn_force_close), which must
+   * never hit a descriptor number reused by another open.  The server
+   * joins this thread before it frees c. */
+  nbd_server_conn_done (c->srv, c->link);
+  close (c->fd);
+  c->fd = -1;
+  return NULL;
+}
+
+struct nbd_conn *
+nbd_conn_new (struct nbd_server *s, void *link, int fd, enum tls_mode tls,
+              const char *addr)
+{
+  struct nbd_conn *c = calloc (1, sizeof *c);
+
+  if (!c)
+    return NULL;
+  c->srv = s;
+  c->link = link;
+  c->fd = fd;
+  c->stop_fd = nbd_server_stop_fd (s);
+  c->tls_mode = tls;
+  snprintf (c->addr, sizeof c->addr, "%s", addr);
+  pthread_mutex_init (&c->lock, NULL);
+  pthread_cond_init (&c->slot_cond, NULL);
+  pthread_cond_init (&c->reply_cond, NULL);
+  return c;
+}
+
+int
+nbd_conn_start (struct nbd_conn *c)
+{
+  if (pthread_create (&c->thread, NULL, conn_thread, c) != 0)
+    return -1;
+  c->started = true;
+  return 0;
+}
+
+void
+nbd_conn_force_close (struct nbd_conn *c)
+{
+  /* Called by the server only while it lists c as running, and c closes
+   * its fd only after it is listed as done: the fd is still ours. */
+  mark_dead (c);
+}
+
+void
+nbd_conn_free (struct nbd_conn *c)
+{
+  if (!c)
+    return;
+  if (c->started)
+    pthread_join (c->thread, NULL);
+  else if (c->fd >= 0)
+    close (c->fd);
+  if (c->slots) {
+    for (unsigned i = 0; i < NBD_CONN_SLOTS; i++)
+      free (c->slots[i].buf);
+    free (c->slots);
+  }
+  free (c->rbuf);
+  pthread_mutex_destroy (&c->lock);
+  pthread_cond_destroy (&c->slot_cond);
+  pthread_cond_destroy (&c->reply_cond);
+  free (c);
+}
