@@ -127,7 +127,7 @@ endif
 # ---------------------------------------------------------------- targets
 .DEFAULT_GOAL := all
 .PHONY: all lib programs test-programs bench-programs \
-        check run-check demo run-demo bench run-bench deps clean help
+        check run-check demo run-demo bench run-bench fuzz deps clean help
 
 all: lib programs test-programs bench-programs
 lib: $(LIBA) $(LIBSO)
@@ -166,11 +166,16 @@ bench:
 run-bench: lib programs bench-programs
 	@BUILD=$(ABS_B) PATH=$(ABS_B):$(ABS_B)/bench:$$PATH bash bench/run.sh
 
+# Every fuzz target for FUZZ_SECONDS each (default 30; the tests run them
+# for 10 s through tests/fuzz-smoke.sh).
+fuzz: deps
+	@bash fuzzing/run.sh
+
 deps:
 	@bash scripts/install-deps.sh
 
 clean:
-	rm -rf $(sort build build-asan $(B))
+	rm -rf $(sort build build-asan build-fuzz $(B))
 
 help:
 	@awk '/^#/ { sub(/^# ?/, ""); print; next } { exit }' Makefile

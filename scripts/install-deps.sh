@@ -35,14 +35,21 @@ libraries=(liburing-dev libcmocka-dev libjson-c-dev libinih-dev libnbd-dev
 # --- real peers and load for tests, bench and demo:
 #     fio (load, has nbd and io_uring engines), nbdkit (reference NBD
 #     server, fault-injection filters), libnbd-bin (nbdinfo, nbdcopy, nbdsh,
-#     nbdfuse), qemu-utils (qemu-img, qemu-io, qemu-nbd).
-peer_tools=(fio nbdkit libnbd-bin qemu-utils)
+#     nbdfuse), qemu-utils (qemu-img, qemu-io, qemu-nbd), nbd-server (a
+#     third NBD server), python3-libnbd (scripted NBD edge cases, run with
+#     /usr/bin/python3), gnutls-bin (psktool, certtool for TLS tests).
+peer_tools=(fio nbdkit libnbd-bin qemu-utils nbd-server python3-libnbd
+            gnutls-bin)
 
 # --- system tools for tests and demo: losetup/mount (util-linux), mkfs.ext4
 #     (e2fsprogs), ip netns and veth (iproute2), valgrind (leak checks).
 system_tools=(util-linux e2fsprogs iproute2 valgrind)
 
-ALL=("${build_tools[@]}" "${libraries[@]}" "${peer_tools[@]}" "${system_tools[@]}")
+# --- fuzzing: clang with libFuzzer (fuzzing/run.sh).
+fuzz_tools=(clang)
+
+ALL=("${build_tools[@]}" "${libraries[@]}" "${peer_tools[@]}" "${system_tools[@]}"
+     "${fuzz_tools[@]}")
 
 mode=install
 case "${1:-}" in
