@@ -41,6 +41,11 @@ libraries=(liburing-dev libcmocka-dev libjson-c-dev libinih-dev libnbd-dev
 peer_tools=(fio nbdkit libnbd-bin qemu-utils nbd-server python3-libnbd
             gnutls-bin)
 
+# --- the cluster registry for real clusters (etcd, its v3 JSON gateway),
+#     started by the tests on loopback; fuse3 for fusermount3 (device
+#     files).
+cluster_tools=(etcd-server etcd-client fuse3)
+
 # --- system tools for tests and demo: losetup/mount (util-linux), mkfs.ext4
 #     (e2fsprogs), ip netns and veth (iproute2), valgrind (leak checks).
 system_tools=(util-linux e2fsprogs iproute2 valgrind)
@@ -49,7 +54,7 @@ system_tools=(util-linux e2fsprogs iproute2 valgrind)
 fuzz_tools=(clang)
 
 ALL=("${build_tools[@]}" "${libraries[@]}" "${peer_tools[@]}" "${system_tools[@]}"
-     "${fuzz_tools[@]}")
+     "${fuzz_tools[@]}" "${cluster_tools[@]}")
 
 mode=install
 case "${1:-}" in
