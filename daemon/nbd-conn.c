@@ -30,9 +30,24 @@
  *
  * Lock order: conn->lock is a leaf: nothing else is locked while it is
  * held (in particular no unit call is made under it).
+ *
+ * Request deadline (docs/served.md, DESIGN.md invariant 3).  A client
+ * that selected the metadata context "altpath:deadline-ms=N" is promised
+ * that no request of its is started on the disk later than N ms after it
+ * reached this host.  "Reached" is taken from the kernel, not from when
+ * the reader got round to it: TCP sockets get SO_TIMESTAMPNS, every read
+ * (recvmsg, or the GnuTLS pull function for TLS) notes the stamp of the
+ * newest segment it took, and a request gets deadline_ns = that arrival
+ * (converted to CLOCK_MONOTONIC) + N, which the unit enforces: it never
+ * sends a request to its path after the deadline and completes it with
+ * -ETIMEDOUT instead, answered as NBD_EIO with a message.  Requests that
+ * sat in the socket buffer while the daemon was frozen (SIGSTOP) are
+ * refused so.  Unix sockets have no arrival stamps: the context is not
+ * offered on them.
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <poll.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -46,6 +61,7 @@
 #include <sys/uio.h>
 
 #include "altpath.h"
+#include "clock.h"
 #include "log.h"
 #include "nbd-handshake.h"
 #include "nbd-internal.h"
@@ -73,9 +89,10 @@ struct slot {
   uint32_t error;               /* NBD_E* of the reply; 0: success */
   const char *msg;              /* structured error message, or NULL */
   bool flush_after;             /* TRIM+FUA: a FLUSH before the reply */
+  uint64_t deadline_ns;         /* CLOCK_MONOTONIC; 0: none (see top) */
   void *buf;                    /* READ/WRITE data (aligned) */
   size_t cap;                   /* bytes allocated at buf */
-  uint8_t hdr[40];              /* reply header, built by the writer */
+  uint8_t hdr[64];              /* reply header(s), built by the writer */
 };
 
 struct nbd_conn {
@@ -93,6 +110,14 @@ struct nbd_conn {
   /* Receive buffer (reader thread only). */
   uint8_t *rbuf;
   size_t rpos, rlen;
+
+  /* Arrival times (reader thread only; see the top of the file). */
+  bool stamps;                  /* SO_TIMESTAMPNS is on (TCP) */
+  bool have_stamp;              /* stamp_real holds one */
+  bool warned_stamp;            /* "no stamp" said once */
+  struct timespec stamp_real;   /* newest arrival stamp read (REALTIME) */
+  uint64_t stamp_read_ns;       /* CLOCK_MONOTONIC when it was read */
+  uint32_t deadline_ms;         /* agreed request deadline; 0: none */
 
   /* Handshake (reader thread only). */
   struct nbd_hs hs;
@@ -146,17 +171,106 @@ nbd_errno (int e)
 
 /* --------------------------------------------------------- socket I/O */
 
+/* Up to n bytes from the socket itself (plaintext, or TLS records for
+ * GnuTLS), noting the kernel's arrival stamp when timestamps are on: the
+ * stamp of the newest segment the read took (tcp_recvmsg reports that
+ * one), which is never earlier than the arrival of any byte read, and is
+ * the arrival of a byte the client sent. */
+static ssize_t
+sock_recv (struct nbd_conn *c, void *buf, size_t n)
+{
+  union {
+    char buf[CMSG_SPACE (sizeof (struct timespec))];
+    struct cmsghdr align;
+  } ctl;
+  struct iovec iov = { .iov_base = buf, .iov_len = n };
+  struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1 };
+  ssize_t r;
+
+  for (;;) {
+    if (c->stamps) {
+      m.msg_control = ctl.buf;
+      m.msg_controllen = sizeof ctl.buf;
+      r = recvmsg (c->fd, &m, 0);
+    }
+    else
+      r = recv (c->fd, buf, n, 0);
+    if (r >= 0 || errno != EINTR)
+      break;
+  }
+  if (r > 0 && c->stamps) {
+    for (struct cmsghdr *cm = CMSG_FIRSTHDR (&m); cm;
+         cm = CMSG_NXTHDR (&m, cm))
+      if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_TIMESTAMPNS
+          && cm->cmsg_len >= CMSG_LEN (sizeof (struct timespec))) {
+        memcpy (&c->stamp_real, CMSG_DATA (cm), sizeof c->stamp_real);
+        c->stamp_read_ns = ap_now_ns ();
+        c->have_stamp = true;
+      }
+  }
+  return r;
+}
+
+/* GnuTLS's way in (nbd_tls_set_pull). */
+static ssize_t
+tls_pull (void *opaque, void *buf, size_t n)
+{
+  return sock_recv (opaque, buf, n);
+}
+
+static int
+tls_pull_timeout (void *opaque, unsigned ms)
+{
+  struct nbd_conn *c = opaque;
+  struct pollfd p = { .fd = c->fd, .events = POLLIN };
+  int r;
+  do
+    r = poll (&p, 1, ms > INT32_MAX ? -1 : (int) ms);
+  while (r < 0 && errno == EINTR);
+  return r;
+}
+
 /* Up to n bytes from the client: > 0, 0 at end of stream, -1 error. */
 static ssize_t
 raw_recv (struct nbd_conn *c, void *buf, size_t n)
 {
   if (c->tls)
     return nbd_tls_recv (c->tls, buf, n);
-  for (;;) {
-    ssize_t r = recv (c->fd, buf, n, 0);
-    if (r >= 0 || errno != EINTR)
-      return r;
+  return sock_recv (c, buf, n);
+}
+
+/* When the request just read reached this host, on CLOCK_MONOTONIC: the
+ * newest kernel stamp read so far (see sock_recv: never earlier than the
+ * request's own arrival, and the arrival of something the client sent
+ * before it closed), converted from CLOCK_REALTIME with the current
+ * offset between the two clocks.  Never later than the moment that stamp
+ * was read, which bounds the error a backward step of the wall clock can
+ * cause (docs/served.md). */
+static uint64_t
+arrival_ns (struct nbd_conn *c)
+{
+  struct timespec real;
+  uint64_t now = ap_now_ns ();
+
+  if (!c->have_stamp) {
+    /* SO_TIMESTAMPNS is on from accept, so every segment of the
+     * transmission phase carries a stamp; this would be a kernel that
+     * stopped giving them. */
+    if (!c->warned_stamp) {
+      c->warned_stamp = true;
+      ap_warn ("nbd: %s: the kernel gives no arrival time stamps; request "
+               "deadlines count from when requests are read, which does "
+               "not cover a frozen daemon", c->addr);
+    }
+    return now;
   }
+  clock_gettime (CLOCK_REALTIME, &real);
+  int64_t age = ((int64_t) real.tv_sec - (int64_t) c->stamp_real.tv_sec)
+    * 1000000000 + (real.tv_nsec - c->stamp_real.tv_nsec);
+  if (age < 0)
+    age = 0;                    /* the wall clock stepped back */
+  uint64_t a = now > (uint64_t) age ? now - (uint64_t) age : 0;
+  return a < c->stamp_read_ns ? a : c->stamp_read_ns;
 }
 
 /* Exactly n bytes into dst (NULL: read and drop them).  -1 on error or
@@ -331,6 +445,7 @@ handshake (struct nbd_conn *c, uint8_t *optbuf)
   int ret = -1;
 
   nbd_hs_init (&c->hs);
+  c->hs.arrival_stamps = c->stamps;
   nbd_hs_greeting (greet);
   if (send_bytes (c, greet, sizeof greet) < 0)
     return -1;
@@ -397,6 +512,10 @@ handshake (struct nbd_conn *c, uint8_t *optbuf)
         ap_info ("nbd: %s: %s: closing", c->addr, err);
         goto done;
       }
+      /* GnuTLS reads the socket through us from now on, so that TLS
+       * connections get arrival stamps too. */
+      if (c->stamps)
+        nbd_tls_set_pull (c->tls, tls_pull, tls_pull_timeout, c);
       nbd_hs_tls_started (&c->hs);
       ap_debug (AP_DEBUG_CONTROL, "nbd: %s: TLS up, peer '%s'", c->addr,
                 c->peer);
@@ -517,6 +636,8 @@ slot_done (struct ap_io *io, int err)
     io->buf = NULL;
     io->offset = 0;
     io->length = 0;
+    /* The trim has run; a late flush cannot reorder any write. */
+    io->deadline_ns = 0;
     if (ap_unit_submit (c->unit, io) == 0)
       return;
     err = -ap_get_errno ();
@@ -527,6 +648,12 @@ slot_done (struct ap_io *io, int err)
   if (err) {
     s->error = nbd_errno (-err);
     s->msg = NULL;
+    /* The unit refused it unstarted: its deadline passed (see the top).
+     * NBD has no ETIMEDOUT; EIO with a message.  The client treats it as
+     * a failure of its path and fails over; the request was not done. */
+    if (err == -ETIMEDOUT && s->deadline_ns && ap_now_ns () > s->deadline_ns)
+      s->msg = "request deadline passed before the disk could start it; "
+        "not executed";
     ap_debug (AP_DEBUG_DATA, "nbd: %s: request type %u at %llu+%u failed: "
               "%s", c->addr, s->type, (unsigned long long) s->offset,
               s->length, strerror (-err));
@@ -545,6 +672,7 @@ dispatch (struct nbd_conn *c, struct slot *s)
   io->opaque = s;
   io->offset = s->offset;
   io->length = s->length;
+  io->deadline_ns = s->deadline_ns;
 
   switch (s->type) {
   case NBD_CMD_READ:
@@ -651,22 +779,36 @@ build_reply (struct nbd_conn *c, struct slot *s, struct iovec *iov)
     iov[1] = (struct iovec) { s->buf, s->length };
     return 2;
   }
-  /* BLOCK_STATUS for base:allocation: all of it is allocated data (status
-   * 0, always true of a disk).  Without REQ_ONE the extent may run past
-   * the request, to the end of the export, which saves clients mapping
-   * the disk a round trip per request. */
+  /* BLOCK_STATUS: one chunk per selected context.  base:allocation: all
+   * of it is allocated data (status 0, always true of a disk).  The
+   * deadline context has nothing to say about extents: status 0 too.
+   * Without REQ_ONE the extent may run past the request, to the end of
+   * the export, which saves clients mapping the disk a round trip per
+   * request. */
   uint64_t ext = s->length;
   if (!(s->flags & NBD_CMD_FLAG_REQ_ONE)) {
     uint64_t rest = c->limits.size - s->offset;
     uint64_t cap = UINT32_MAX - UINT32_MAX % c->limits.min_block;
     ext = rest < cap ? rest : cap;
   }
-  nbd_put16 (h + 6, NBD_REPLY_TYPE_BLOCK_STATUS);
-  nbd_put32 (h + 16, 12);
-  nbd_put32 (h + 20, NBD_META_BASE_ALLOCATION_ID);
-  nbd_put32 (h + 24, (uint32_t) ext);
-  nbd_put32 (h + 28, 0);
-  iov[0] = (struct iovec) { h, 32 };
+  uint32_t ids[2];
+  int n = 0;
+  if (c->hs.meta_base)
+    ids[n++] = NBD_META_BASE_ALLOCATION_ID;
+  if (c->deadline_ms)
+    ids[n++] = NBD_META_ALTPATH_DEADLINE_ID;
+  for (int k = 0; k < n; k++) {
+    uint8_t *b = h + 32 * k;
+    nbd_put32 (b, NBD_STRUCTURED_REPLY_MAGIC);
+    nbd_put16 (b + 4, k == n - 1 ? NBD_REPLY_FLAG_DONE : 0);
+    nbd_put16 (b + 6, NBD_REPLY_TYPE_BLOCK_STATUS);
+    nbd_put64 (b + 8, s->cookie);
+    nbd_put32 (b + 16, 12);
+    nbd_put32 (b + 20, ids[k]);
+    nbd_put32 (b + 24, (uint32_t) ext);
+    nbd_put32 (b + 28, 0);
+  }
+  iov[0] = (struct iovec) { h, 32 * (size_t) n };
   return 1;
 }
 
@@ -741,8 +883,15 @@ transmission_setup (struct nbd_conn *c, uint16_t tflags)
     .max_block = NBD_MAX_BLOCK,
     .tflags = tflags,
     .structured = c->hs.structured,
-    .meta_base = c->hs.meta_base,
+    /* BLOCK_STATUS is allowed once any context is selected (spec); the
+     * reply has a chunk for each (build_reply). */
+    .meta_base = c->hs.meta_base || c->hs.meta_deadline_ms,
   };
+  c->deadline_ms = c->hs.meta_deadline_ms;
+  if (c->deadline_ms)
+    ap_debug (AP_DEBUG_CONTROL, "nbd: %s: request deadline %" PRIu32 " ms "
+              "agreed: requests not started within it of their arrival "
+              "are refused", c->addr, c->deadline_ms);
   c->slots = calloc (NBD_CONN_SLOTS, sizeof *c->slots);
   if (!c->slots)
     return -1;
@@ -796,6 +945,7 @@ transmission (struct nbd_conn *c)
     s->error = 0;
     s->msg = NULL;
     s->flush_after = false;
+    s->deadline_ns = 0;
 
     if (v.action == NBD_REQ_DO && s->cap < need) {
       v.action = NBD_REQ_ERROR;
@@ -816,6 +966,12 @@ transmission (struct nbd_conn *c)
       slot_release (c, s);
       break;
     }
+    /* Taken after the payload: the newest stamp is then that of the
+     * request's last bytes (or later ones), still the arrival of
+     * something sent before the client closed (docs/served.md). */
+    s->deadline_ns = c->deadline_ms
+      ? arrival_ns (c) + AP_MS (c->deadline_ms) : 0;
+
     dispatch (c, s);
   }
 
@@ -831,6 +987,21 @@ transmission (struct nbd_conn *c)
 
 /* ---------------------------------------------------------- lifecycle */
 
+/* Arrival stamps on a TCP socket (SO_TIMESTAMPNS); Unix stream sockets
+ * have none, so a connection on one cannot agree to a deadline. */
+static bool
+enable_stamps (int fd)
+{
+  struct sockaddr_storage ss;
+  socklen_t len = sizeof ss;
+  int on = 1;
+
+  if (getsockname (fd, (struct sockaddr *) &ss, &len) < 0
+      || (ss.ss_family != AF_INET && ss.ss_family != AF_INET6))
+    return false;
+  return setsockopt (fd, SOL_SOCKET, SO_TIMESTAMPNS, &on, sizeof on) == 0;
+}
+
 static void *
 conn_thread (void *arg)
 {
@@ -839,6 +1010,7 @@ conn_thread (void *arg)
   int tflags = -1;
 
   c->rbuf = malloc (RBUF_SIZE);
+  c->stamps = enable_stamps (c->fd);
   if (optbuf && c->rbuf) {
     set_rcvtimeo (c->fd, NBD_HANDSHAKE_TIMEOUT_MS);
     tflags = handshake (c, optbuf);

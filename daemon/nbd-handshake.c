@@ -13,6 +13,12 @@
  *   TLS_REQUIRE  FORCEDTLS: before TLS, every option but STARTTLS and
  *                ABORT gets ERR_TLS_REQD, and EXPORT_NAME hangs up.
  * After STARTTLS nothing negotiated in plaintext survives.
+ *
+ * Metadata contexts: base:allocation (every extent is allocated data),
+ * and altpath's request deadline "altpath:deadline-ms=N" (docs/served.md),
+ * offered only when the connection said it can take arrival times from
+ * the kernel (hs->arrival_stamps): a server that agreed must be able to
+ * keep the promise.  Other namespaces are ignored, as the spec asks.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -112,6 +118,25 @@ nbd_hs_init (struct nbd_hs *hs)
   memset (hs, 0, sizeof *hs);
 }
 
+/* Forget the selected metadata contexts. */
+static void
+meta_clear (struct nbd_hs *hs)
+{
+  hs->meta_base = false;
+  hs->meta_deadline_ms = 0;
+  hs->meta_export[0] = '\0';
+}
+
+/* Entering transmission with export name: contexts selected for another
+ * export do not count. */
+static void
+meta_keep_for (struct nbd_hs *hs, const char *name)
+{
+  if ((hs->meta_base || hs->meta_deadline_ms)
+      && strcmp (hs->meta_export, name) != 0)
+    meta_clear (hs);
+}
+
 void
 nbd_hs_out_free (struct nbd_hs_out *out)
 {
@@ -194,8 +219,7 @@ nbd_hs_tls_started (struct nbd_hs *hs)
 {
   hs->tls_active = true;
   hs->structured = false;
-  hs->meta_base = false;
-  hs->meta_export[0] = '\0';
+  meta_clear (hs);
 }
 
 uint16_t
@@ -321,8 +345,7 @@ opt_export_name (struct nbd_hs *hs, const struct nbd_hs_env *env,
   if (!hs->no_zeroes)
     memset (p + 10, 0, 124);
   /* A metadata context counts only for the export it was chosen for. */
-  if (hs->meta_base && strcmp (hs->meta_export, e->name) != 0)
-    hs->meta_base = false;
+  meta_keep_for (hs, e->name);
   out->next = NBD_HS_GO;
   out->export = i;
 }
@@ -408,8 +431,7 @@ opt_info_go (struct nbd_hs *hs, const struct nbd_hs_env *env,
   if (!reply (out, option, NBD_REP_ACK, NULL, 0))
     return;
   if (option == NBD_OPT_GO) {
-    if (hs->meta_base && strcmp (hs->meta_export, e->name) != 0)
-      hs->meta_base = false;
+    meta_keep_for (hs, e->name);
     out->next = NBD_HS_GO;
     out->export = i;
     out->tflags = tflags;
@@ -443,14 +465,39 @@ opt_list (struct nbd_hs *hs, const struct nbd_hs_env *env, uint32_t len,
 }
 
 static void
-reply_meta (struct nbd_hs_out *out, uint32_t option, uint32_t id)
+reply_meta (struct nbd_hs_out *out, uint32_t option, uint32_t id,
+            const char *name)
 {
-  size_t n = strlen (NBD_META_BASE_ALLOCATION);
+  size_t n = strlen (name);
   uint8_t *p = reply (out, option, NBD_REP_META_CONTEXT, NULL, 4 + n);
   if (!p)
     return;
   nbd_put32 (p, id);
-  memcpy (p + 4, NBD_META_BASE_ALLOCATION, n);
+  memcpy (p + 4, name, n);
+}
+
+uint32_t
+nbd_hs_deadline_query (const uint8_t *q, uint32_t len)
+{
+  const size_t plen = strlen (NBD_META_ALTPATH_DEADLINE);
+  uint32_t n = 0;
+
+  if (len <= plen || memcmp (q, NBD_META_ALTPATH_DEADLINE, plen) != 0)
+    return 0;
+  /* Canonical decimal only (no sign, no leading zero, no blanks), so that
+   * the name we echo is exactly the one the client asked for and can
+   * match in nbd_can_meta_context().  Seven digits already exceed the
+   * maximum. */
+  if (len - plen > 7 || q[plen] == '0')
+    return 0;
+  for (uint32_t i = (uint32_t) plen; i < len; i++) {
+    if (q[i] < '0' || q[i] > '9')
+      return 0;
+    n = n * 10 + (uint32_t) (q[i] - '0');
+  }
+  if (n < NBD_META_DEADLINE_MIN_MS || n > NBD_META_DEADLINE_MAX_MS)
+    return 0;
+  return n;
 }
 
 static void
@@ -463,10 +510,8 @@ opt_meta (struct nbd_hs *hs, const struct nbd_hs_env *env, uint32_t option,
   size_t i;
 
   /* SET replaces the selection even when it fails (spec). */
-  if (set) {
-    hs->meta_base = false;
-    hs->meta_export[0] = '\0';
-  }
+  if (set)
+    meta_clear (hs);
   if (!hs->structured) {
     reply_err (out, option, NBD_REP_ERR_INVALID,
                "negotiate structured replies before metadata contexts");
@@ -480,11 +525,12 @@ opt_meta (struct nbd_hs *hs, const struct nbd_hs_env *env, uint32_t option,
   nq = nbd_get32 (data + pos);
   pos += 4;
   /* Check the whole request before answering any of it. */
-  bool base_all = false, base_alloc = false;
+  bool base_all = false, base_alloc = false, altpath_all = false;
+  uint32_t deadline = 0;        /* the first valid deadline query */
   uint32_t q = 0, qpos = pos;
   for (; q < nq; q++) {
     const uint8_t *s;
-    uint32_t slen;
+    uint32_t slen, d;
     if (!get_string (data, len, &qpos, &s, &slen))
       break;
     if (slen == 5 && memcmp (s, "base:", 5) == 0)
@@ -492,7 +538,14 @@ opt_meta (struct nbd_hs *hs, const struct nbd_hs_env *env, uint32_t option,
     else if (slen == strlen (NBD_META_BASE_ALLOCATION)
              && memcmp (s, NBD_META_BASE_ALLOCATION, slen) == 0)
       base_alloc = true;
-    /* Other namespaces, and unknown leaves of base:, are ignored. */
+    else if (slen == strlen (NBD_META_ALTPATH_NS)
+             && memcmp (s, NBD_META_ALTPATH_NS, slen) == 0)
+      altpath_all = true;
+    else if ((d = nbd_hs_deadline_query (s, slen)) != 0 && deadline == 0)
+      deadline = d;
+    /* Other namespaces, unknown leaves of base: and altpath:, a deadline
+     * out of range, and deadlines after the first are ignored: two
+     * deadlines on one connection would contradict each other. */
   }
   if (q != nq || qpos != len) {
     reply_err (out, option, NBD_REP_ERR_INVALID,
@@ -509,16 +562,40 @@ opt_meta (struct nbd_hs *hs, const struct nbd_hs_env *env, uint32_t option,
   if (!admit (hs, env, e, option, out))
     return;
 
+  /* A deadline is promised only where it can be kept. */
+  if (!hs->arrival_stamps) {
+    deadline = 0;
+    altpath_all = false;
+  }
+  char dname[sizeof NBD_META_ALTPATH_DEADLINE + 16];
   if (set) {
-    /* "base:" alone selects nothing in SET (spec). */
+    /* "base:" alone selects nothing in SET (spec); nor does "altpath:". */
     if (base_alloc) {
-      reply_meta (out, option, NBD_META_BASE_ALLOCATION_ID);
+      reply_meta (out, option, NBD_META_BASE_ALLOCATION_ID,
+                  NBD_META_BASE_ALLOCATION);
       hs->meta_base = true;
+    }
+    if (deadline) {
+      snprintf (dname, sizeof dname, "%s%u", NBD_META_ALTPATH_DEADLINE,
+                deadline);
+      reply_meta (out, option, NBD_META_ALTPATH_DEADLINE_ID, dname);
+      hs->meta_deadline_ms = deadline;
+    }
+    if (hs->meta_base || hs->meta_deadline_ms)
       snprintf (hs->meta_export, sizeof hs->meta_export, "%s", e->name);
+  }
+  else {
+    /* LIST: ids are reserved (0).  No query lists base:allocation only:
+     * the deadline is a family of contexts, each meaningful only with the
+     * N a client proposes; "altpath:" shows one with the default N. */
+    if (nq == 0 || base_all || base_alloc)
+      reply_meta (out, option, 0, NBD_META_BASE_ALLOCATION);
+    if (altpath_all || deadline) {
+      snprintf (dname, sizeof dname, "%s%u", NBD_META_ALTPATH_DEADLINE,
+                deadline ? deadline : NBD_META_DEADLINE_LIST_MS);
+      reply_meta (out, option, 0, dname);
     }
   }
-  else if (nq == 0 || base_all || base_alloc)
-    reply_meta (out, option, 0); /* ids in LIST are reserved: 0 */
   reply (out, option, NBD_REP_ACK, NULL, 0);
 }
 

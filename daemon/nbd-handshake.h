@@ -45,8 +45,16 @@ struct nbd_hs {
   bool tls_active;              /* TLS is up (nbd_hs_tls_started) */
   bool structured;              /* structured replies negotiated */
   bool meta_base;               /* base:allocation selected ... */
+  uint32_t meta_deadline_ms;    /* altpath:deadline-ms=N selected (N), or
+                                   0 ... */
   char meta_export[NBD_MAX_STRING + 1]; /* ... for this (canonical) export */
   unsigned options;             /* options seen so far */
+  bool arrival_stamps;          /* set by the caller after nbd_hs_init:
+                                   the connection can take each request's
+                                   arrival time from the kernel, so it may
+                                   agree to a request deadline (without
+                                   it the deadline context is neither
+                                   listed nor selected) */
 };
 
 /* One export as this connection may see it. */
@@ -137,8 +145,27 @@ nbd_preferred_block (uint32_t unit_bs)
   return m > NBD_PREFERRED_BLOCK ? m : NBD_PREFERRED_BLOCK;
 }
 
-/* The one metadata context we offer, and its id. */
+/* The metadata contexts we offer, and their ids. */
 #define NBD_META_BASE_ALLOCATION    "base:allocation"
 #define NBD_META_BASE_ALLOCATION_ID 1u
+
+/* altpath's request deadline (docs/served.md): a client that selects
+ * "altpath:deadline-ms=N" learns that this server refuses every request it
+ * cannot start within N ms of the request's arrival at the server host.
+ * The name selected is the query itself; N is a decimal without leading
+ * zeros in [MIN, MAX].  LIST with the query "altpath:" shows the context
+ * with the default N.  It has no block status meaning: BLOCK_STATUS
+ * reports one extent of status 0 for it. */
+#define NBD_META_ALTPATH_NS          "altpath:"
+#define NBD_META_ALTPATH_DEADLINE    "altpath:deadline-ms="
+#define NBD_META_ALTPATH_DEADLINE_ID 2u
+#define NBD_META_DEADLINE_MIN_MS     100u
+#define NBD_META_DEADLINE_MAX_MS     600000u
+#define NBD_META_DEADLINE_LIST_MS    2000u
+
+/* N of a query "altpath:deadline-ms=N" of len bytes (not NUL-terminated),
+ * or 0 if it is not one, or N is outside the range or not in canonical
+ * form. */
+uint32_t nbd_hs_deadline_query (const uint8_t *q, uint32_t len);
 
 #endif /* ALTPATHD_NBD_HANDSHAKE_H */

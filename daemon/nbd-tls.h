@@ -47,6 +47,17 @@ bool nbd_tls_pending (struct nbd_tls_session *s);
 /* Send every byte of iov: 0, or -1 (errno set). */
 int nbd_tls_sendv (struct nbd_tls_session *s, const struct iovec *iov,
                    int iovcnt);
+/* Read the session's records through pull instead of recv(2) on its
+ * socket: up to n bytes, > 0, 0 at end of stream, -1 with errno (EINTR,
+ * EAGAIN retried by GnuTLS).  pull_timeout waits up to ms for data as
+ * poll(2) does: > 0 ready, 0 timeout, -1 error.  The connection uses this
+ * to take the kernel's arrival time of what it reads (nbd-conn.c,
+ * docs/served.md).  Call once, after nbd_tls_accept, from the reading
+ * thread; sending is unaffected. */
+typedef ssize_t nbd_tls_pull_fn (void *opaque, void *buf, size_t n);
+typedef int nbd_tls_pull_timeout_fn (void *opaque, unsigned ms);
+void nbd_tls_set_pull (struct nbd_tls_session *s, nbd_tls_pull_fn *pull,
+                       nbd_tls_pull_timeout_fn *pull_timeout, void *opaque);
 /* bye: send close_notify first (a clean end; not after an error). */
 void nbd_tls_close (struct nbd_tls_session *s, bool bye);
 

@@ -42,6 +42,10 @@ struct nbd_tls {
 
 struct nbd_tls_session {
   gnutls_session_t session;
+  int fd;
+  nbd_tls_pull_fn *pull;        /* nbd_tls_set_pull(); NULL: recv(2) */
+  nbd_tls_pull_timeout_fn *pull_timeout;
+  void *pull_opaque;
 };
 
 static void
@@ -313,6 +317,7 @@ nbd_tls_accept (struct nbd_tls *t, int fd, unsigned timeout_ms, char *peer,
     seterr (err, errlen, "TLS session setup: %s", gnutls_strerror (r));
     goto fail;
   }
+  ts->fd = fd;
   gnutls_transport_set_int (s, fd);
   gnutls_handshake_set_timeout (s, timeout_ms);
   struct timespec t0, now;
@@ -436,6 +441,36 @@ nbd_tls_sendv (struct nbd_tls_session *ts, const struct iovec *iov,
     }
   }
   return 0;
+}
+
+static ssize_t
+pull_trampoline (gnutls_transport_ptr_t ptr, void *buf, size_t n)
+{
+  struct nbd_tls_session *ts = ptr;
+  return ts->pull (ts->pull_opaque, buf, n);
+}
+
+static int
+pull_timeout_trampoline (gnutls_transport_ptr_t ptr, unsigned ms)
+{
+  struct nbd_tls_session *ts = ptr;
+  return ts->pull_timeout (ts->pull_opaque, ms);
+}
+
+void
+nbd_tls_set_pull (struct nbd_tls_session *ts, nbd_tls_pull_fn *pull,
+                  nbd_tls_pull_timeout_fn *pull_timeout, void *opaque)
+{
+  ts->pull = pull;
+  ts->pull_timeout = pull_timeout;
+  ts->pull_opaque = opaque;
+  /* The receiving side gets our functions and pointer; the sending side
+   * keeps GnuTLS's own writev on the socket (its pointer stays the fd). */
+  gnutls_transport_set_ptr2 (ts->session, ts,
+                             (gnutls_transport_ptr_t) (intptr_t) ts->fd);
+  gnutls_transport_set_pull_function (ts->session, pull_trampoline);
+  gnutls_transport_set_pull_timeout_function (ts->session,
+                                              pull_timeout_trampoline);
 }
 
 void

@@ -156,6 +156,39 @@ struct ap_direct_options {
 struct ap_path *ap_path_open_direct (const char *file,
                                      const struct ap_direct_options *opt);
 
+/* A served path: a peer's altpathd (or any NBD server) does the I/O, over
+ * NBD through libnbd.  Connects before returning (bounded by
+ * connect_timeout_ms); reconnects with bounded backoff when the connection
+ * is lost.
+ *
+ * Fencing (invariant 3): when the unit fences a served path, its
+ * connections are closed at once (abortively).  Reads in flight then end
+ * at once.  Writes (and flushes, trims, zeroes) end only when the server
+ * can no longer execute them: with a server that agreed to the request
+ * deadline (the meta context "altpath:deadline-ms=N", offered by altpathd)
+ * after N ms and a margin; with a plain NBD server after fence_wait_ms,
+ * which is a guess about the peer, not a guarantee (docs/served.md). */
+struct ap_served_options {
+  const char *name;             /* path name; NULL: "served:URI" */
+  const char *uri;              /* NBD URI with the export name, e.g.
+                                   nbd://127.0.0.1:10809/%244%24DKB100 or
+                                   nbd+unix:///NAME?socket=/run/x.sock */
+  const char *tls_psk_file;     /* user:hexkey file; NULL: none */
+  const char *tls_username;     /* PSK identity; NULL: libnbd's default */
+  const char *tls_cert_dir;     /* X.509 client credentials; NULL: none */
+  unsigned connections;         /* multi-conn, used only when the server
+                                   offers it; 0: 2 */
+  unsigned connect_timeout_ms;  /* 0: 5000 */
+  unsigned deadline_ms;         /* the request deadline to propose; 0:
+                                   2000 */
+  unsigned fence_wait_ms;       /* plain peers: wait this long after the
+                                   close before writes count as fenced;
+                                   0: 10000 */
+  const char *identity;         /* the disk's identity as published; NULL
+                                   or "": unknown */
+};
+struct ap_path *ap_path_open_served (const struct ap_served_options *opt);
+
 /* The fault-injecting wrapper, for tests and demos.  It takes ownership of
  * inner and passes I/O through until told otherwise. */
 enum ap_fault_mode {

@@ -5,7 +5,7 @@
  *   unit.c  ── decides (which path, when to hold, fence, resubmit)
  *     │  path->ops->submit / fence / close
  *     ▼
- *   path-direct.c  path-fault.c (wraps any path)  path-served.c (later)
+ *   path-direct.c  path-fault.c (wraps any path)  path-served.c
  *     │  ap_path_done(path, io, err)  ── each completion, on a path thread
  *     ▼
  *   path->owner_done: the unit, or the wrapping fault path
@@ -75,6 +75,28 @@ void ap_path_done (struct ap_path *p, struct ap_io *io, int err);
 #define AP_IO_KIND_USER  0
 #define AP_IO_KIND_PROBE 1
 #define AP_IO_KIND_SYNC  2      /* a flush the unit sends on a planned switch */
+
+/* ---------------------------------------------------------- path-served.c */
+
+/* What a served path is doing, for tests and diagnostics (a public form
+ * would belong in struct ap_path_info; see docs/served.md). */
+struct ap_served_state {
+  bool connected;               /* requests are being taken */
+  unsigned connections;         /* connections open now */
+  unsigned deadline_ms;         /* the request deadline every open
+                                   connection agreed; 0: none agreed (a
+                                   plain NBD peer, or a Unix socket) */
+  uint64_t doubt_wait_ns;       /* how long a write in doubt waits after
+                                   its connection closed, on connection 0 */
+  unsigned in_doubt;            /* writes waiting out that time now */
+  uint64_t connects;            /* connections made (first one included) */
+  uint64_t losses;              /* connections lost by themselves */
+  uint64_t fences;
+  uint64_t last_doubt_ns;       /* the last write in doubt: from its
+                                   connection's close to its end */
+};
+/* -1 (EINVAL) if p is not a served path. */
+int ap_served_get_state (struct ap_path *p, struct ap_served_state *st);
 
 /* --------------------------------------------------------------- errors.c */
 
