@@ -11,6 +11,7 @@
  *   [units]     request-timeout-ms = 2000  verify-timeout-ms = 2000
  *   [port B]    alloclass = 4  glob = /srv/shared/disk*.img  read-only = no
  *               allow = a b    100 = /srv/shared/disk100.img, read-only
+ *   [control]   socket = /run/altpath/control.sock  group = altpath
  *
  * How a file is read:
  *
@@ -37,6 +38,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <glob.h>
+#include <grp.h>
 #include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -72,12 +74,16 @@ enum section {
   SEC_LISTEN,
   SEC_TLS,
   SEC_UNITS,
+  SEC_REGISTRY,
+  SEC_CLUSTER,
+  SEC_CONTROL,
   SEC_PORT,
 };
 
 static const char *const section_names[] = {
   [SEC_NONE] = "", [SEC_NODE] = "node", [SEC_LISTEN] = "listen",
-  [SEC_TLS] = "tls", [SEC_UNITS] = "units", [SEC_PORT] = "port",
+  [SEC_TLS] = "tls", [SEC_UNITS] = "units", [SEC_REGISTRY] = "registry",
+  [SEC_CLUSTER] = "cluster", [SEC_CONTROL] = "control", [SEC_PORT] = "port",
 };
 
 /* A key seen in one section, to refuse it twice. */
@@ -417,7 +423,8 @@ parse_section (const char *raw, char *letter, char *why, size_t whylen)
     return SEC_NONE;
   }
   snprintf (why, whylen, "unknown section; the sections are [node], "
-            "[listen], [tls], [units] and [port A] to [port Z]");
+            "[listen], [tls], [units], [registry], [cluster], [control] "
+            "and [port A] to [port Z]");
   return SEC_NONE;
 }
 
@@ -838,6 +845,235 @@ handle_units (struct parser *p, const char *key, const char *value)
   return 0;
 }
 
+/* [registry]: which backend, where. */
+static int
+handle_registry (struct parser *p, const char *key, const char *value)
+{
+  struct config *cfg = p->cfg;
+  unsigned line = p->lineno;
+
+  if (strcmp (key, "backend") == 0) {
+    if (strcmp (value, "dir") && strcmp (value, "etcd")) {
+      fail_key (p, line, key, "'%s' is not a registry backend; use 'dir' "
+                "(nodes on one host) or 'etcd'", value);
+      return -1;
+    }
+    snprintf (cfg->registry_backend, sizeof cfg->registry_backend, "%s",
+              value);
+    return 0;
+  }
+  if (strcmp (key, "dir") == 0) {
+    if (!*value || !resolve_path (p, value, cfg->registry_dir,
+                                  sizeof cfg->registry_dir)) {
+      fail_key (p, line, key, "give a directory, e.g. "
+                "/run/altpath/registry");
+      return -1;
+    }
+    return 0;
+  }
+  if (strcmp (key, "endpoints") == 0) {
+    if (strncmp (value, "http://", 7) && strncmp (value, "https://", 8)) {
+      fail_key (p, line, key, "'%s' is not a list of etcd client URLs; "
+                "give e.g. http://10.0.0.1:2379,http://10.0.0.2:2379",
+                value);
+      return -1;
+    }
+    if (strlen (value) >= sizeof cfg->registry_endpoints) {
+      fail_key (p, line, key, "the list is too long");
+      return -1;
+    }
+    snprintf (cfg->registry_endpoints, sizeof cfg->registry_endpoints, "%s",
+              value);
+    return 0;
+  }
+  if (strcmp (key, "prefix") == 0) {
+    if (value[0] != '/' || strlen (value) >= sizeof cfg->registry_prefix) {
+      fail_key (p, line, key, "'%s' is not a key prefix; give e.g. "
+                "/altpath/", value);
+      return -1;
+    }
+    snprintf (cfg->registry_prefix, sizeof cfg->registry_prefix, "%s",
+              value);
+    return 0;
+  }
+  if (strcmp (key, "lease-ms") == 0) {
+    if (!parse_uint (value, 500, 600000, &cfg->registry_lease_ms)) {
+      fail_key (p, line, key, "'%s' is not a lease time; give "
+                "milliseconds from 500 to 600000", value);
+      return -1;
+    }
+    return 0;
+  }
+  fail_key (p, line, key, "unknown key in [registry]; [registry] takes "
+            "'backend', 'dir', 'endpoints', 'prefix' and 'lease-ms'");
+  return -1;
+}
+
+/* [cluster]: this node's own units and how it reaches its peers. */
+static int
+handle_cluster (struct parser *p, const char *key, const char *value)
+{
+  struct config *cfg = p->cfg;
+  unsigned line = p->lineno;
+  static const struct {
+    const char *key;
+    size_t off;
+    unsigned min, max;
+  } nums[] = {
+    { "request-timeout-ms", offsetof (struct config, local_request_timeout_ms),
+      TIMEOUT_MIN_MS, TIMEOUT_MAX_MS },
+    { "verify-timeout-ms", offsetof (struct config, local_verify_timeout_ms),
+      TIMEOUT_MIN_MS, TIMEOUT_MAX_MS },
+    { "checker-interval-ms", offsetof (struct config, checker_interval_ms),
+      10, TIMEOUT_MAX_MS },
+    { "failback-ms", offsetof (struct config, failback_ms), 1,
+      TIMEOUT_MAX_MS },
+    { "direct-wait-ms", offsetof (struct config, direct_wait_ms), 1,
+      60000 },
+    { "connections", offsetof (struct config, client_connections), 1, 16 },
+    { "deadline-ms", offsetof (struct config, deadline_ms), 100, 600000 },
+    { "fence-wait-ms", offsetof (struct config, fence_wait_ms), 1,
+      TIMEOUT_MAX_MS },
+  };
+  for (size_t i = 0; i < sizeof nums / sizeof nums[0]; i++)
+    if (strcmp (key, nums[i].key) == 0) {
+      unsigned *dst = (unsigned *) ((char *) cfg + nums[i].off);
+      if (!parse_uint (value, nums[i].min, nums[i].max, dst)) {
+        fail_key (p, line, key, "'%s' is not a number from %u to %u", value,
+                  nums[i].min, nums[i].max);
+        return -1;
+      }
+      return 0;
+    }
+  if (strcmp (key, "queue-if-no-path") == 0) {
+    if (!parse_bool (value, &cfg->queue_if_no_path)) {
+      fail_key (p, line, key, "'%s' is neither yes nor no", value);
+      return -1;
+    }
+    return 0;
+  }
+  if (strcmp (key, "advertise") == 0) {
+    if ((strncmp (value, "nbd://", 6) && strncmp (value, "nbds://", 7)
+         && strncmp (value, "nbd+unix://", 11)
+         && strncmp (value, "nbds+unix://", 12))
+        || strlen (value) >= sizeof cfg->advertise) {
+      fail_key (p, line, key, "'%s' is not an NBD URI without export name; "
+                "give e.g. nbd://10.0.0.1:10809", value);
+      return -1;
+    }
+    snprintf (cfg->advertise, sizeof cfg->advertise, "%s", value);
+    return 0;
+  }
+  if (strcmp (key, "devices") == 0) {       /* device files (fuse.c) */
+    if (strcmp (value, "none") == 0)
+      snprintf (cfg->devices, sizeof cfg->devices, "none");
+    else if (!*value || !resolve_path (p, value, cfg->devices,
+                                       sizeof cfg->devices)) {
+      fail_key (p, line, key, "give the directory for the device files "
+                "(e.g. /run/altpath/dev), or 'none' for no device files");
+      return -1;
+    }
+    return 0;
+  }
+  if (strcmp (key, "fault-dir") == 0) {
+    if (!*value || !resolve_path (p, value, cfg->fault_dir,
+                                  sizeof cfg->fault_dir)) {
+      fail_key (p, line, key, "give a directory for fault trigger files");
+      return -1;
+    }
+    return 0;
+  }
+  if (strcmp (key, "local-socket") == 0) {
+    if (!*value || !resolve_path (p, value, cfg->local_socket,
+                                  sizeof cfg->local_socket)) {
+      fail_key (p, line, key, "give a socket path of at most %zu bytes, "
+                "e.g. /run/altpath/local.sock", sizeof cfg->local_socket - 1);
+      return -1;
+    }
+    return 0;
+  }
+  char *dst = NULL;
+  size_t len = 0;
+  if (strcmp (key, "psk-file") == 0)
+    dst = cfg->client_psk_file, len = sizeof cfg->client_psk_file;
+  else if (strcmp (key, "cert-dir") == 0)
+    dst = cfg->client_cert_dir, len = sizeof cfg->client_cert_dir;
+  if (dst) {
+    if (!*value || !resolve_path (p, value, dst, len)) {
+      fail_key (p, line, key, "give a path");
+      return -1;
+    }
+    return 0;
+  }
+  if (strcmp (key, "username") == 0) {
+    if (!*value || strlen (value) >= sizeof cfg->client_username) {
+      fail_key (p, line, key, "give the PSK identity this node uses");
+      return -1;
+    }
+    snprintf (cfg->client_username, sizeof cfg->client_username, "%s", value);
+    return 0;
+  }
+  fail_key (p, line, key, "unknown key in [cluster]; see "
+            "docs/configuration.md for its keys");
+  return -1;
+}
+
+/* [control]: the socket altpath talks to (control.c). */
+static int
+handle_control (struct parser *p, const char *key, const char *value)
+{
+  struct config *cfg = p->cfg;
+  unsigned line = p->lineno;
+
+  if (strcmp (key, "socket") == 0) {
+    char path[PATH_MAX];
+    if (!*value || !resolve_path (p, value, path, sizeof path)
+        || !copy_str (cfg->control_socket, sizeof cfg->control_socket,
+                      path)) {
+      fail_key (p, line, key, "give a socket path of at most %zu bytes "
+                "(the most a Unix socket address holds), e.g. "
+                "/run/altpath/control.sock", sizeof cfg->control_socket - 1);
+      return -1;
+    }
+    cfg->control_explicit = true;
+    return 0;
+  }
+  if (strcmp (key, "group") == 0) {
+    size_t n = strlen (value);
+    if (n == 0 || n >= sizeof cfg->control_group || value[0] == '-'
+        || strspn (value, "abcdefghijklmnopqrstuvwxyz"
+                   "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-") != n) {
+      fail_key (p, line, key, "'%s' is not a group name; give the group "
+                "whose members may use altpath besides root, e.g. altpath",
+                value);
+      return -1;
+    }
+    struct group gr, *found = NULL;
+    int e = ERANGE;
+    for (size_t size = 16384; e == ERANGE && size <= (64u << 20);
+         size *= 4) {
+      char *buf = malloc (size);
+      e = buf ? getgrnam_r (value, &gr, buf, size, &found) : ENOMEM;
+      free (buf);               /* only whether it exists is kept */
+    }
+    if (!found) {
+      if (e)
+        fail_key (p, line, key, "cannot look up group '%s': %s", value,
+                  strerror (e));
+      else
+        fail_key (p, line, key, "group '%s' does not exist; create it "
+                  "('groupadd %s') or remove the key (then only root may "
+                  "use altpath)", value, value);
+      return -1;
+    }
+    snprintf (cfg->control_group, sizeof cfg->control_group, "%s", value);
+    return 0;
+  }
+  fail_key (p, line, key, "unknown key in [control]; [control] takes "
+            "'socket' and 'group'");
+  return -1;
+}
+
 static struct config_disk *
 new_disk (struct parser *p)
 {
@@ -1004,6 +1240,15 @@ handle_port (struct parser *p, const char *key, const char *value)
     port->glob_line = line;
     return 0;
   }
+  if (strcmp (key, "bus") == 0) {
+    if (!*value || strlen (value) >= sizeof port->bus) {
+      fail_key (p, line, key, "give the name of the storage this port is "
+                "attached to, the same on every node that shares it");
+      return -1;
+    }
+    snprintf (port->bus, sizeof port->bus, "%s", value);
+    return 0;
+  }
   if (strcmp (key, "read-only") == 0) {
     if (!parse_bool (value, &port->read_only)) {
       fail_key (p, line, key, "'%s' is neither yes nor no", value);
@@ -1018,7 +1263,7 @@ handle_port (struct parser *p, const char *key, const char *value)
     return 0;
   }
   fail_key (p, line, key, "unknown key in [port %c]; a port takes "
-            "'alloclass', 'glob', 'read-only', 'allow' and disks as "
+            "'alloclass', 'glob', 'bus', 'read-only', 'allow' and disks as "
             "'UNIT = FILE' (UNIT from 0 to %d)", port->letter, UNIT_MAX);
   return -1;
 }
@@ -1067,12 +1312,107 @@ handler (void *user, const char *section, const char *name,
   case SEC_TLS: r = handle_tls (p, key, value); break;
   case SEC_UNITS: r = handle_units (p, key, value); break;
   case SEC_PORT: r = handle_port (p, key, value); break;
+  case SEC_REGISTRY: r = handle_registry (p, key, value); break;
+  case SEC_CLUSTER: r = handle_cluster (p, key, value); break;
+  case SEC_CONTROL: r = handle_control (p, key, value); break;
   default: r = -1; break;
   }
   return r == 0;
 }
 
 /* ------------------------------------------------------------- finish */
+
+/* Defaults of [registry] and [cluster], and what they need. */
+static int
+finish_cluster (struct parser *p)
+{
+  struct config *cfg = p->cfg;
+  cfg->cluster = p->singleton_line[SEC_REGISTRY] != 0;
+  if (!cfg->registry_backend[0])
+    snprintf (cfg->registry_backend, sizeof cfg->registry_backend, "dir");
+  if (!cfg->registry_dir[0])
+    snprintf (cfg->registry_dir, sizeof cfg->registry_dir,
+              "/run/altpath/registry");
+  if (!cfg->registry_prefix[0])
+    snprintf (cfg->registry_prefix, sizeof cfg->registry_prefix, "/altpath/");
+  if (!cfg->registry_lease_ms)
+    cfg->registry_lease_ms = 3000;
+  if (strcmp (cfg->registry_backend, "etcd") == 0
+      && !cfg->registry_endpoints[0]) {
+    fail_at (p, p->singleton_line[SEC_REGISTRY], "section [registry]",
+             "backend 'etcd' needs 'endpoints', e.g. "
+             "endpoints = http://127.0.0.1:2379");
+    return -1;
+  }
+  if (!cfg->local_request_timeout_ms)
+    cfg->local_request_timeout_ms = 1000;
+  if (!cfg->local_verify_timeout_ms)
+    cfg->local_verify_timeout_ms = 30000;
+  if (!cfg->checker_interval_ms)
+    cfg->checker_interval_ms = 500;
+  if (!cfg->failback_ms)
+    cfg->failback_ms = 5000;
+  if (!cfg->direct_wait_ms)
+    cfg->direct_wait_ms = 1000;
+  if (!cfg->client_connections)
+    cfg->client_connections = 2;
+  if (!cfg->deadline_ms)
+    cfg->deadline_ms = 2000;
+  if (!cfg->fence_wait_ms)
+    cfg->fence_wait_ms = 10000;
+  /* Device files: on by default in a cluster; "none" (kept as such
+   * while parsing, so that the default does not replace it) is "". */
+  if (strcmp (cfg->devices, "none") == 0)
+    cfg->devices[0] = '\0';
+  else if (cfg->cluster && !cfg->devices[0])
+    snprintf (cfg->devices, sizeof cfg->devices, "/run/altpath/dev");
+  if (cfg->cluster && !cfg->local_socket[0])
+    snprintf (cfg->local_socket, sizeof cfg->local_socket,
+              "/run/altpath/%s.sock", cfg->node);
+  if (cfg->cluster && !cfg->advertise[0]) {
+    /* The first listener peers can use. */
+    for (size_t i = 0; i < cfg->nlisten && !cfg->advertise[0]; i++) {
+      const struct config_listen *l = &cfg->listen[i];
+      const char *scheme = l->tls == TLS_REQUIRE ? "nbds" : "nbd";
+      if (l->is_unix)
+        snprintf (cfg->advertise, sizeof cfg->advertise,
+                  "%s+unix://?socket=%s", scheme, l->path);
+      else if (strcmp (l->host, "0.0.0.0") && strcmp (l->host, "::"))
+        snprintf (cfg->advertise, sizeof cfg->advertise,
+                  strchr (l->host, ':') ? "%s://[%s]:%s" : "%s://%s:%s",
+                  scheme, l->host, l->port);
+    }
+    if (!cfg->advertise[0]) {
+      fail_at (p, p->singleton_line[SEC_REGISTRY], "section [registry]",
+               "no listener peers can reach (a wildcard address says "
+               "nothing); add 'advertise = nbd://ADDRESS:PORT' to "
+               "[cluster]");
+      return -1;
+    }
+  }
+  /* A shared port's bus: by default the directory its disks are in. */
+  for (size_t i = 0; i < cfg->nports; i++) {
+    struct config_port *port = &cfg->ports[i];
+    if (port->bus[0] || !port->alloclass)
+      continue;
+    char dir[4096] = "";
+    if (port->glob[0])
+      snprintf (dir, sizeof dir, "%s", port->glob);
+    else
+      for (size_t k = 0; k < cfg->ndisks; k++)
+        if (cfg->disks[k].port_letter == port->letter) {
+          snprintf (dir, sizeof dir, "%s", cfg->disks[k].file);
+          break;
+        }
+    char *slash = strrchr (dir, '/');
+    if (slash)
+      *slash = '\0';
+    char real[PATH_MAX];
+    snprintf (port->bus, sizeof port->bus, "%s",
+              dir[0] && realpath (dir, real) ? real : dir);
+  }
+  return 0;
+}
 
 /* Checks that need the whole file, and defaults. */
 static int
@@ -1095,6 +1435,11 @@ finish (struct parser *p)
     cfg->request_timeout_ms = DEFAULT_REQUEST_TIMEOUT_MS;
   if (!cfg->verify_timeout_ms)
     cfg->verify_timeout_ms = DEFAULT_VERIFY_TIMEOUT_MS;
+  if (finish_cluster (p) < 0)
+    return -1;
+  if (!cfg->control_socket[0])
+    snprintf (cfg->control_socket, sizeof cfg->control_socket,
+              "/run/altpath/control.sock");
 
   /* TLS credentials. */
   if (cfg->tls_cert_dir[0]) {

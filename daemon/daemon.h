@@ -12,6 +12,8 @@
  *   nbd-handshake.c ── fixed newstyle option haggling (pure: fuzzed)
  *   nbd-conn.c ── transmission: requests in, replies out
  *   tls.c ── GnuTLS sessions (PSK, X.509)
+ *   control.c ── the control socket altpath talks to (control-request.h:
+ *                its request parser, pure: fuzzed)
  */
 #ifndef ALTPATHD_H
 #define ALTPATHD_H
@@ -59,6 +61,9 @@ struct config_port {
   char letter;                  /* 'A'..'Z' */
   unsigned alloclass;           /* 0: none (node-local port) */
   char glob[4096];              /* optional: disks found by a glob */
+  char bus[4096];               /* what the port is attached to, the same
+                                   on every node sharing it; default: the
+                                   real path of the glob's directory */
   unsigned line;                /* the [port X] header */
   unsigned glob_line;           /* the glob key, for messages */
   bool read_only;               /* default for the port's disks */
@@ -88,6 +93,40 @@ struct config {
   /* unit tuning for the served disks */
   unsigned request_timeout_ms;
   unsigned verify_timeout_ms;
+
+  /* [registry]: present → the node joins a cluster (cluster.c) */
+  bool cluster;                 /* a [registry] section was given */
+  char registry_backend[16];    /* "dir" (default) or "etcd" */
+  char registry_dir[4096];      /* dir backend */
+  char registry_endpoints[1024];/* etcd: comma-separated URLs */
+  char registry_prefix[128];    /* etcd key prefix */
+  unsigned registry_lease_ms;
+
+  /* [cluster]: the node's own units (direct + served paths) */
+  char advertise[512];          /* the NBD URI peers use to reach this
+                                   node; default from the first listener */
+  char local_socket[108];       /* local NBD socket exporting the units */
+  unsigned local_request_timeout_ms, local_verify_timeout_ms;
+  unsigned checker_interval_ms, failback_ms;
+  bool queue_if_no_path;
+  unsigned direct_wait_ms;      /* how long to wait for our own direct
+                                   path to a shared disk a peer announced
+                                   before using it served */
+  char client_psk_file[4096];   /* served paths' TLS */
+  char client_username[64];
+  char client_cert_dir[4096];
+  unsigned client_connections, deadline_ms, fence_wait_ms;
+  char fault_dir[4096];         /* tests and demos: trigger files that
+                                   inject faults on the direct paths */
+  char devices[4096];           /* device files (fuse.c): the directory;
+                                   "" for none ('devices = none');
+                                   default /run/altpath/dev */
+
+  /* [control]: the socket altpath talks to (control.c) */
+  char control_socket[108];     /* default /run/altpath/control.sock */
+  bool control_explicit;        /* set in the file: failing to open it
+                                   stops the start (else only logged) */
+  char control_group[64];       /* may use it besides root; "": none */
 };
 
 /* Parse FILE.  On error returns -1 and writes into err a message naming
@@ -142,7 +181,122 @@ void nbd_server_free (struct nbd_server *s);
 struct export *export_open (const struct config *cfg,
                             const struct config_disk *d, char *err,
                             size_t errlen);
+/* An export over a unit made elsewhere (the node's own units, exported on
+ * the local socket); takes ownership of the unit. */
+struct export *export_wrap (const char *name, const char *description,
+                            struct ap_unit *u);
 struct export *export_get (struct export *e);
+/* A shell-friendly alias of a device name: "$4$DKB100" → "4-DKB100",
+ * "ALPHA$DKA100" → "ALPHA-DKA100" (leading '$' dropped, '$' → '-'). */
+void device_alias (const char *device, char *out, size_t len);
 void export_put (struct export *e);     /* NULL is a no-op */
+
+/* ----------------------------------------------------------- cluster.c */
+
+/* The node in its cluster (only with a [registry] section): publishes
+ * what it reaches directly, builds one unit per disk it can reach (direct
+ * path preferred, one served path per serving peer as hidden standbys),
+ * exports those units on the local socket, and follows the registry. */
+struct cluster;
+
+/* rescan: asked to look for new disks on the ports (a peer announced a
+ * disk on a bus we attach, or a file appeared); called on a cluster
+ * thread. */
+struct cluster *cluster_start (const struct config *cfg,
+                               void (*rescan) (void *opaque), void *opaque,
+                               char *err, size_t errlen);
+/* The disks this node serves now (start, reload, rescan). */
+void cluster_set_direct (struct cluster *c, struct export **exports,
+                         const struct config_disk *const *disks, size_t n);
+void cluster_stop (struct cluster *c);
+/* The node's units now: references (export_put each) in a malloc'd
+ * array (free it). */
+size_t cluster_units (struct cluster *c, struct export ***out);
+/* The cluster as this node sees it, as JSON text (free it): node,
+ * registry backend and health, live nodes, shared ports and who attaches
+ * them, served disks, configuration errors found. */
+char *cluster_json (struct cluster *c);
+/* fn gets the node's units (references it must put, in an array it must
+ * not keep) now and whenever they change, on the cluster thread.  After
+ * cluster_set_units_hook (c, NULL, NULL) returns, fn runs no more. */
+void cluster_set_units_hook (struct cluster *c,
+                             void (*fn) (void *opaque, struct export **u,
+                                         size_t n),
+                             void *opaque);
+/* Every event of every unit of the node also goes to fn (the control
+ * socket's watchers), on the unit's thread. */
+void cluster_set_event_hook (struct cluster *c, ap_event_fn *fn,
+                             void *opaque);
+
+/* ----------------------------------------------------------- control.c */
+
+/* The control socket (docs/cli.md): a Unix socket, mode 0660, group
+ * [control] group (else root's), on which root, the daemon's own user and
+ * members of that group send one JSON request per line and get one JSON
+ * reply per line; "watch" then streams the units' events.
+ *
+ * What it needs from the rest of the daemon comes through this view, so
+ * that control.c knows nothing of main.c's state.  The callbacks run on
+ * control threads, never with a control lock held, and may block (a
+ * rescan); each client has a thread of its own. */
+struct control_view {
+  const char *node;             /* this node's name (copied) */
+  const char *daemon_version;   /* e.g. "altpathd 0.1" (copied) */
+  /* The node's units now (the cluster's, else the served disks'):
+   * references (export_put each) in a malloc'd array (free it). */
+  size_t (*units) (void *opaque, struct export ***out);
+  /* The cluster as JSON text (cluster_json; free it); NULL: the node is
+   * not in a cluster. */
+  char *(*cluster_json) (void *opaque);
+  /* Look for new disks on the ports now; returns when done. */
+  void (*rescan) (void *opaque);
+  void *opaque;
+};
+
+struct control;
+
+/* Make the socket at path (its directory too; a stale socket there is
+ * replaced, a live one is not) and serve it on threads of its own.  group:
+ * NULL or "" for none.  On error NULL and a message naming the socket and
+ * what to do. */
+struct control *control_start (const char *path, const char *group,
+                               const struct control_view *view, char *err,
+                               size_t errlen);
+/* An ap_event_fn (opaque: the struct control) feeding the watchers: give
+ * it to cluster_set_event_hook or ap_unit_set_event_cb.  Never blocks
+ * (a watcher that reads too slowly loses events, and is told); a no-op
+ * once control_stop has begun. */
+void control_event (void *opaque, const struct ap_event *ev);
+/* Stop: remove the socket, end every client (watchers included), join
+ * the threads.  NULL is a no-op. */
+void control_stop (struct control *ctl);
+/* Free what control_stop left: only once nothing can call control_event
+ * any more (the units it was given to are closed).  NULL is a no-op. */
+void control_free (struct control *ctl);
+
+/* -------------------------------------------------------------- fuse.c */
+
+/* Device files (docs/devices.md): the node's units as files in one
+ * directory (a FUSE mount, [cluster] devices = DIR), each under its
+ * device name ($4$DKB100) and its alias (4-DKB100, device_alias()), of
+ * the unit's size, mode 0600 root, direct I/O, for losetup. */
+struct devfs;
+
+/* Mount FUSE on dir (made if missing; a dead mount left there is
+ * detached) and serve it on threads of its own; no files until
+ * devfs_set_units.  On error NULL and a message (not root, no /dev/fuse,
+ * dir already a FUSE mount). */
+struct devfs *devfs_start (const char *dir, char *err, size_t errlen);
+/* The files are now those of these units: takes the references, as
+ * nbd_server_set_exports does (pass cluster_units()'s array, then free
+ * it).  A unit no longer given loses its names at once; its reference is
+ * put once no handle is open on it (a loop device keeps one).  Any
+ * thread, not concurrently with devfs_stop. */
+void devfs_set_units (struct devfs *fs, struct export **units, size_t n);
+/* Unmount and free: ends the follower and the threads, unmounts (lazily
+ * if a file is still open: its I/O then fails; a warning names it),
+ * waits (at most 10 s) for requests still in the units, puts the units.
+ * NULL is a no-op. */
+void devfs_stop (struct devfs *fs);
 
 #endif

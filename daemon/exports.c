@@ -133,3 +133,26 @@ export_put (struct export *e)
   ap_unit_close (e->unit);
   free_export (e);
 }
+
+void
+device_alias (const char *device, char *out, size_t len)
+{
+  size_t k = 0;
+  const char *s = device[0] == '$' ? device + 1 : device;
+  for (; *s && k + 1 < len; s++)
+    out[k++] = *s == '$' ? '-' : *s;
+  out[k] = '\0';
+}
+
+struct export *
+export_wrap (const char *name, const char *description, struct ap_unit *u)
+{
+  struct export *e = calloc (1, sizeof *e);
+  if (!e)
+    return NULL;
+  snprintf (e->name, sizeof e->name, "%s", name);
+  snprintf (e->description, sizeof e->description, "%s", description);
+  e->unit = u;
+  atomic_init (&e->refs, 1);
+  return e;
+}

@@ -29,6 +29,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -94,7 +95,10 @@ usage (FILE *f)
 "  -V, --version       the version\n"
 "\n"
 "Signals: SIGTERM or SIGINT stops (stop accepting, finish the requests in\n"
-"flight, close; a second one exits at once); SIGHUP reloads the disk list.\n");
+"flight, close; a second one exits at once); SIGHUP reloads the disk list.\n"
+"\n"
+"Operators use altpath (docs/cli.md) over the control socket, [control]\n"
+"socket in the file (default /run/altpath/control.sock).\n");
 }
 
 static void
@@ -137,6 +141,10 @@ print_config (const struct config *cfg)
             cfg->tls_verify_peer ? ", client certificates required" : "");
   printf ("units: request timeout %u ms, verify timeout %u ms\n",
           cfg->request_timeout_ms, cfg->verify_timeout_ms);
+  printf ("control socket %s%s, for root%s%s\n", cfg->control_socket,
+          cfg->control_explicit ? "" : " (default)",
+          cfg->control_group[0] ? " and group " : " only",
+          cfg->control_group);
   printf ("%zu disk%s:\n", cfg->ndisks, cfg->ndisks == 1 ? "" : "s");
   for (size_t i = 0; i < cfg->ndisks; i++) {
     const struct config_disk *d = &cfg->disks[i];
@@ -161,6 +169,15 @@ print_config (const struct config *cfg)
   }
 }
 
+/* The device files (fuse.c); NULL: none. */
+static struct devfs *devfs;
+
+static void
+devfs_units_changed (void *opaque, struct export **units, size_t n)
+{
+  devfs_set_units (opaque, units, n);
+}
+
 /* ------------------------------------------------------ served disks */
 
 /* A disk being served, with what decides whether a reload may keep it. */
@@ -172,8 +189,13 @@ struct served {
 };
 
 struct daemon {
-  struct config cfg;            /* as started: listeners and TLS stay */
+  pthread_mutex_t lock;         /* reload (signal thread) against rescan
+                                   (cluster thread): cfg, served */
+  struct config cfg;            /* listeners and TLS as started; the disk
+                                   list as last reloaded or rescanned */
   struct nbd_server *server;
+  struct cluster *cluster;      /* NULL: not in a cluster */
+  _Atomic (struct control *) control; /* NULL: no control socket */
   struct served *served;
   size_t nserved;
   int quit_pipe[2];             /* the server's quit_fd is [0] */
@@ -208,6 +230,16 @@ describe (const struct export *e, const char *file, char *buf, size_t n)
             (unsigned long long) (size >> 20),
             e->read_only ? "read-only" : "read-write",
             e->nallow ? ", allow list" : "");
+}
+
+/* Events of a served disk's unit (outside a cluster), for altpath watch. */
+static void
+served_event (void *opaque, const struct ap_event *ev)
+{
+  struct daemon *dm = opaque;
+  struct control *ctl = atomic_load (&dm->control);
+  if (ctl)
+    control_event (ctl, ev);
 }
 
 /* Make the served list match cfg's disks: keep what is unchanged, open
@@ -247,6 +279,10 @@ update_exports (struct daemon *dm, const struct config *cfg)
       failed++;
       continue;
     }
+    /* Outside a cluster the served disks are the node's units: their
+     * events go to the control socket's watchers. */
+    if (!cfg->cluster)
+      ap_unit_set_event_cb (e->unit, served_event, dm);
     struct served *s = &nv[nn++];
     s->e = e;
     snprintf (s->file, sizeof s->file, "%s", d->file);
@@ -287,6 +323,111 @@ publish (struct daemon *dm)
   free (list);
 }
 
+/* Tell the cluster which disks this node now serves (it publishes them
+ * and gives the node's units their direct paths). */
+static void
+tell_cluster (struct daemon *dm, const struct config *cfg)
+{
+  if (!dm->cluster)
+    return;
+  struct export **ex = calloc (dm->nserved ? dm->nserved : 1, sizeof *ex);
+  const struct config_disk **d = calloc (dm->nserved ? dm->nserved : 1,
+                                         sizeof *d);
+  size_t n = 0;
+  for (size_t i = 0; ex && d && i < dm->nserved; i++)
+    for (size_t k = 0; k < cfg->ndisks; k++)
+      if (strcmp (cfg->disks[k].device, dm->served[i].e->name) == 0) {
+        ex[n] = dm->served[i].e;
+        d[n++] = &cfg->disks[k];
+        break;
+      }
+  if (ex && d)
+    cluster_set_direct (dm->cluster, ex, d, n);
+  free (ex);
+  free (d);
+}
+
+/* A rescan of the ports' globs: a file appeared or left, or a peer
+ * announced a disk on a bus this node attaches. */
+static void
+rescan (void *opaque)
+{
+  struct daemon *dm = opaque;
+  char err[2048];
+  pthread_mutex_lock (&dm->lock);
+  if (config_scan_ports (&dm->cfg, err, sizeof err) < 0)
+    log_error ("rescan: %s", err);
+  else {
+    size_t before = dm->nserved;
+    update_exports (dm, &dm->cfg);
+    publish (dm);
+    tell_cluster (dm, &dm->cfg);
+    if (dm->nserved != before)
+      log_info ("rescan: serving %zu disk%s", dm->nserved,
+                dm->nserved == 1 ? "" : "s");
+  }
+  pthread_mutex_unlock (&dm->lock);
+}
+
+/* ------------------------------------------------------ control socket */
+
+/* What the control socket shows as the node's units: the cluster's when
+ * the node is in one, else the served disks'. */
+static size_t
+view_units (void *opaque, struct export ***out)
+{
+  struct daemon *dm = opaque;
+  if (dm->cluster)
+    return cluster_units (dm->cluster, out);
+  pthread_mutex_lock (&dm->lock);
+  size_t n = dm->nserved;
+  struct export **v = calloc (n ? n : 1, sizeof *v);
+  for (size_t i = 0; v && i < n; i++)
+    v[i] = export_get (dm->served[i].e);
+  pthread_mutex_unlock (&dm->lock);
+  *out = v;
+  return v ? n : 0;
+}
+
+static char *
+view_cluster_json (void *opaque)
+{
+  struct daemon *dm = opaque;
+  return dm->cluster ? cluster_json (dm->cluster) : NULL;
+}
+
+/* The control socket, once the node's units exist.  A socket set in the
+ * file that cannot be made stops the start, as a listener does; the
+ * default one only gets a warning (another altpathd on this host may hold
+ * it, or /run/altpath may not be writable). */
+static int
+start_control (struct daemon *dm)
+{
+  struct control_view view = {
+    .node = dm->cfg.node, .daemon_version = "altpathd " ALTPATHD_VERSION,
+    .units = view_units, .cluster_json = view_cluster_json,
+    .rescan = rescan, .opaque = dm,
+  };
+  char err[2048];
+  struct control *ctl = control_start (dm->cfg.control_socket,
+                                       dm->cfg.control_group, &view, err,
+                                       sizeof err);
+  if (!ctl && dm->cfg.control_explicit) {
+    log_error ("%s; not started", err);
+    return -1;
+  }
+  if (!ctl) {
+    log_warn ("%s; running without a control socket, so altpath cannot "
+              "reach this altpathd (set [control] socket to a path of its "
+              "own)", err);
+    return 0;
+  }
+  if (dm->cluster)
+    cluster_set_event_hook (dm->cluster, control_event, ctl);
+  atomic_store (&dm->control, ctl);
+  return 0;
+}
+
 /* --------------------------------------------------------------- reload */
 
 static bool
@@ -314,22 +455,34 @@ reload (struct daemon *dm)
   char err[2048];
 
   log_info ("SIGHUP: reloading the disk list from %s", dm->cfg.file);
+  pthread_mutex_lock (&dm->lock);
   if (config_load (dm->cfg.file, &ncfg, err, sizeof err) < 0
       || config_scan_ports (&ncfg, err, sizeof err) < 0) {
     log_error ("%s; keeping the current disk list", err);
     config_free (&ncfg);
+    pthread_mutex_unlock (&dm->lock);
     return;
   }
   if (!same_listeners (&dm->cfg, &ncfg))
     log_warn ("%s: [listen] and [tls] changes take effect at the next "
               "start, not on reload; the listeners stay as they are",
               ncfg.file);
+  if (strcmp (dm->cfg.control_socket, ncfg.control_socket) != 0
+      || strcmp (dm->cfg.control_group, ncfg.control_group) != 0)
+    log_warn ("%s: [control] changes take effect at the next start, not "
+              "on reload; the control socket stays as it is", ncfg.file);
   size_t failed = update_exports (dm, &ncfg);
   publish (dm);
+  tell_cluster (dm, &ncfg);
   log_info ("reloaded: serving %zu disk%s%s", dm->nserved,
             dm->nserved == 1 ? "" : "s",
             failed ? " (some could not be opened, see above)" : "");
-  config_free (&ncfg);
+  /* The new disk list is the one rescans start from; the listeners, TLS
+   * and cluster settings stay as started. */
+  struct config old = dm->cfg;
+  dm->cfg = ncfg;
+  config_free (&old);
+  pthread_mutex_unlock (&dm->lock);
 }
 
 /* ---------------------------------------------------------- signal thread */
@@ -495,8 +648,31 @@ main (int argc, char **argv)
               l->tls_explicit ? "" : " (default)");
   }
 
+  pthread_mutex_init (&dm.lock, NULL);
   size_t failed = update_exports (&dm, &dm.cfg);
   publish (&dm);
+  if (dm.cfg.cluster) {
+    dm.cluster = cluster_start (&dm.cfg, rescan, &dm, err, sizeof err);
+    if (!dm.cluster) {
+      log_error ("cannot join the cluster: %s; not started", err);
+      goto out;
+    }
+    pthread_mutex_lock (&dm.lock);
+    tell_cluster (&dm, &dm.cfg);
+    pthread_mutex_unlock (&dm.lock);
+  }
+  /* -- device files (fuse.c): the node's units as files, for losetup.
+   * A failure is logged; the units stay on the local NBD socket. */
+  if (dm.cluster && dm.cfg.devices[0]) {
+    devfs = devfs_start (dm.cfg.devices, err, sizeof err);
+    if (!devfs)
+      log_error ("%s; no device files", err);
+    else
+      cluster_set_units_hook (dm.cluster, devfs_units_changed, devfs);
+  }
+  /* -- end of device files */
+  if (start_control (&dm) < 0)
+    goto out;
   if (dm.cfg.ndisks == 0)
     log_warn ("%s lists no disk and its globs match none; serving nothing "
               "until a reload (SIGHUP) finds some", dm.cfg.file);
@@ -530,7 +706,17 @@ main (int argc, char **argv)
     status = 0;
 
  out:
-  /* The server first: it finishes its connections and puts its
+  /* The control socket first: no operator's command meets a half-stopped
+   * node.  (Freed last: the units may send events until they close.) */
+  control_stop (atomic_load (&dm.control));
+  /* Device files before the cluster, once it no longer calls them. */
+  if (dm.cluster)
+    cluster_set_units_hook (dm.cluster, NULL, NULL);
+  devfs_stop (devfs);
+  /* The cluster next: it leaves the registry, so peers stop using our
+   * disks, and closes the node's units. */
+  cluster_stop (dm.cluster);
+  /* The server next: it finishes its connections and puts its
    * references; then ours, which closes the units. */
   if (dm.server)
     nbd_server_free (dm.server);
@@ -545,6 +731,7 @@ main (int argc, char **argv)
   }
   if (dm.sigfd >= 0)
     close (dm.sigfd);
+  control_free (atomic_exchange (&dm.control, NULL));
   log_info ("stopped%s", status ? " on an error" : "");
   config_free (&dm.cfg);
   return status;

@@ -922,11 +922,13 @@ activate (struct ap_unit *u, struct upath *up, enum ap_unit_event ev,
   u->verify_from = NULL;
   u->active = up;
   if (from != up) {
-    if (manual)
+    /* Coming online the first time is not a switch. */
+    if (from && manual)
       u->switches_manual++;
-    else
+    else if (from)
       u->switches_auto++;
-    u->last_switch_unix_ms = ap_unix_ms ();
+    if (from)
+      u->last_switch_unix_ms = ap_unix_ms ();
     up->switch_now = false;
     ap_info ("unit %s: now on path %s%s%s (%s)", u->name, up->path->info.name,
              from ? ", was " : "", from ? from->path->info.name : "", reason);

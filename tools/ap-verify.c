@@ -1663,6 +1663,7 @@ struct apv_opts {
   bool verbose;
   bool selftest_stale;
   bool check_via_unit;
+  const char *uri;              /* verify through an NBD export instead */
 };
 
 static void
@@ -1709,6 +1710,10 @@ usage (FILE *f)
 "  --selftest-stale    after the run, plant a stale block in the image\n"
 "                      behind the unit's back; the check must catch it\n"
 "                      (exit 1)\n"
+"  --uri URI           no image and no faults of our own: one served path\n"
+"                      to this NBD export (e.g. a node's unit on its local\n"
+"                      socket: nbd+unix:///%%244%%24DKB100?socket=S) while\n"
+"                      faults are injected elsewhere; checks through it\n"
 "  -v, --verbose       log faults and unit events\n"
 "  -h, --help          this text\n"
 "\n"
@@ -1781,6 +1786,7 @@ parse_args (int argc, char **argv, struct apv_opts *o)
     { "failback", required_argument, NULL, 'F' },
     { "selftest-stale", no_argument, NULL, 'X' },
     { "check-via-unit", no_argument, NULL, 'U' },
+    { "uri", required_argument, NULL, 'u' },
     { "verbose", no_argument, NULL, 'v' },
     { "help", no_argument, NULL, 'h' },
     { NULL, 0, NULL, 0 },
@@ -1797,6 +1803,7 @@ parse_args (int argc, char **argv, struct apv_opts *o)
     case 'c': o->schedule = optarg; break;
     case 'X': o->selftest_stale = true; break;
     case 'U': o->check_via_unit = true; break;
+    case 'u': o->uri = optarg; break;
     case 'v': o->verbose = true; break;
     case 'h': usage (stdout); exit (0);
     case 's': {
@@ -1975,8 +1982,17 @@ main (int argc, char **argv)
   char image[PATH_MAX];
   int rc = 2;
 
-  if (parse_args (argc, argv, &o) == -1
-      || parse_schedule (o.schedule, weight) == -1)
+  if (parse_args (argc, argv, &o) == -1)
+    return 2;
+  if (o.uri) {
+    /* Someone else breaks the paths; we only drive and check. */
+    o.schedule = "none";
+    o.npaths = 1;
+    o.check_via_unit = true;
+    o.keep = true;
+    image[0] = '\0';
+  }
+  if (parse_schedule (o.schedule, weight) == -1)
     return 2;
   if (!o.seed_set)
     o.seed = ap_now_ns () ^ ((uint64_t) getpid () << 20);
@@ -1985,7 +2001,8 @@ main (int argc, char **argv)
           o.seed, o.seed);
 
   uint64_t size = o.size_mib * 1024 * 1024;
-  if (prepare_image (o.image, !o.image, image, sizeof image, size) == -1)
+  if (!o.uri
+      && prepare_image (o.image, !o.image, image, sizeof image, size) == -1)
     return 2;
 
   /* N direct paths on one file, each under a fault wrapper; witnesses on
@@ -1994,10 +2011,12 @@ main (int argc, char **argv)
   struct ap_path_info info;
   for (unsigned i = 0; i < o.npaths; i++) {
     struct ap_direct_options dopt = { .name = names[i] };
-    inner[i] = ap_path_open_direct (image, &dopt);
+    struct ap_served_options sopt = { .name = names[i], .uri = o.uri };
+    inner[i] = o.uri ? ap_path_open_served (&sopt)
+      : ap_path_open_direct (image, &dopt);
     if (!inner[i]) {
       fprintf (stderr, "ap-verify: opening path %s on %s: %s\n", names[i],
-               image, ap_get_error ());
+               o.uri ? o.uri : image, ap_get_error ());
       goto out_paths;
     }
   }
@@ -2019,6 +2038,13 @@ main (int argc, char **argv)
   if (!r)
     goto out_paths;
   for (unsigned i = 0; i < o.npaths; i++) {
+    if (o.uri) {
+      outer[i] = inner[i];
+      inner[i] = NULL;
+      if (apv_watch_path (r, outer[i], APV_LEVEL_UNIT) == -1)
+        goto out_paths;
+      continue;
+    }
     if (apv_watch_path (r, inner[i], APV_LEVEL_DISK) == -1)
       goto out_paths;
     outer[i] = ap_path_fault_wrap (inner[i], names[i]);
