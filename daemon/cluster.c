@@ -37,6 +37,7 @@
 
 #include <json-c/json.h>
 
+#include "clock.h"
 #include "daemon.h"
 #include "log.h"
 #include "registry.h"
@@ -117,14 +118,6 @@ struct cluster {
   size_t nwarned;
   int inotify_fd;
 };
-
-static uint64_t
-now_ns (void)
-{
-  struct timespec ts;
-  clock_gettime (CLOCK_MONOTONIC, &ts);
-  return (uint64_t) ts.tv_sec * 1000000000u + (uint64_t) ts.tv_nsec;
-}
 
 /* ---------------------------------------------------------- publishing */
 
@@ -561,7 +554,7 @@ static uint64_t
 reconcile (struct cluster *c, const struct direct_disk *direct, size_t nd,
            const struct reg_view *v, bool view_ok)
 {
-  uint64_t now = now_ns ();
+  uint64_t now = ap_now_ns ();
   uint64_t wake = now + 1000000000u;
   bool changed = false;
 
@@ -704,17 +697,9 @@ cluster_thread (void *arg)
 
   pthread_mutex_lock (&c->lock);
   while (!c->stop) {
-    uint64_t now = now_ns ();
+    uint64_t now = ap_now_ns ();
     if (!c->changed && now < wake) {
-      struct timespec ts;
-      clock_gettime (CLOCK_MONOTONIC, &ts);
-      uint64_t ns = wake - now;
-      ts.tv_sec += (time_t) (ns / 1000000000u);
-      ts.tv_nsec += (long) (ns % 1000000000u);
-      if (ts.tv_nsec >= 1000000000) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000;
-      }
+      struct timespec ts = ap_ns_to_timespec (wake);
       pthread_cond_timedwait (&c->cond, &c->lock, &ts);
       continue;
     }
@@ -733,11 +718,11 @@ cluster_thread (void *arg)
     if (direct)
       wake = reconcile (c, direct, nd, &v, ok);
     else
-      wake = now_ns () + 1000000000u;
+      wake = ap_now_ns () + 1000000000u;
     if (c->knobs.fault_dir[0]) {
       poll_faults (c);
-      if (wake > now_ns () + 100000000u)
-        wake = now_ns () + 100000000u;
+      if (wake > ap_now_ns () + 100000000u)
+        wake = ap_now_ns () + 100000000u;
     }
     reg_view_free (&v);
     free (direct);

@@ -51,6 +51,7 @@
 
 #include <json-c/json.h>
 
+#include "clock.h"
 #include "daemon.h"
 #include "control-request.h"
 #include "log.h"
@@ -123,21 +124,6 @@ struct control {
   bool stopping;
 };
 
-static uint64_t
-mono_ns (void)
-{
-  struct timespec ts;
-  clock_gettime (CLOCK_MONOTONIC, &ts);
-  return (uint64_t) ts.tv_sec * 1000000000u + (uint64_t) ts.tv_nsec;
-}
-
-static int64_t
-wall_ms (void)
-{
-  struct timespec ts;
-  clock_gettime (CLOCK_REALTIME, &ts);
-  return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* An errno as the protocol names it ("ENOENT"). */
 static const char *
@@ -198,7 +184,7 @@ to_line (json_object *o, size_t *len)
 static int
 send_all (struct control *ctl, int fd, const char *buf, size_t len)
 {
-  uint64_t deadline = mono_ns () + (uint64_t) WRITE_TIMEOUT_MS * 1000000u;
+  uint64_t deadline = ap_now_ns () + (uint64_t) WRITE_TIMEOUT_MS * 1000000u;
   while (len) {
     ssize_t n = send (fd, buf, len, MSG_NOSIGNAL | MSG_DONTWAIT);
     if (n > 0) {
@@ -210,7 +196,7 @@ send_all (struct control *ctl, int fd, const char *buf, size_t len)
       continue;
     if (n < 0 && errno != EAGAIN)
       return -1;
-    uint64_t now = mono_ns ();
+    uint64_t now = ap_now_ns ();
     if (now >= deadline)
       return -1;                /* a client that does not read */
     struct pollfd pfd[2] = { { .fd = fd, .events = POLLOUT },
@@ -618,10 +604,10 @@ control_event (void *opaque, const struct ap_event *ev)
     return;
 
   /* When it happened, on the wall clock. */
-  uint64_t now = mono_ns ();
+  uint64_t now = ap_now_ns ();
   int64_t ago_ms = now > ev->mono_ns ? (int64_t) ((now - ev->mono_ns) / 1000000u)
     : 0;
-  json_object *e = event_object (wall_ms () - ago_ms,
+  json_object *e = event_object (ap_unix_ms () - ago_ms,
                                  event_type_names[ev->type]);
   json_object_object_add (e, "device", json_object_new_string (ev->unit ? ev->unit
                                                              : ""));
@@ -705,7 +691,7 @@ next_event (struct client *cl)
   char why[160];
   snprintf (why, sizeof why, "%llu event%s lost: this watcher read too "
             "slowly", (unsigned long long) lost, lost == 1 ? "" : "s");
-  json_object *e = event_object (wall_ms (), "lost");
+  json_object *e = event_object (ap_unix_ms (), "lost");
   json_object_object_add (e, "count", json_object_new_uint64 (lost));
   json_object_object_add (e, "reason", json_object_new_string (why));
   return qline_new (event_line (e));
@@ -745,7 +731,7 @@ client_thread (void *arg)
   char *buf = malloc (CTL_LINE_MAX);
   size_t have = 0;
   uint64_t line_start = 0;      /* when the unfinished line began */
-  uint64_t idle_since = mono_ns ();
+  uint64_t idle_since = ap_now_ns ();
 
   while (buf) {
     bool watching;
@@ -765,7 +751,7 @@ client_thread (void *arg)
                                    stopping */
     }
 
-    uint64_t now = mono_ns ();
+    uint64_t now = ap_now_ns ();
     int timeout = -1;
     if (!watching)
       timeout = have ? ms_until (line_start
@@ -815,7 +801,7 @@ client_thread (void *arg)
     if (watching)
       continue;                 /* a watcher only listens */
     have += (size_t) n;
-    idle_since = mono_ns ();
+    idle_since = ap_now_ns ();
     if (!line_start)
       line_start = idle_since;
 
@@ -832,7 +818,7 @@ client_thread (void *arg)
         close_it = handle_line (cl, buf, len) < 0;
       memmove (buf, nl + 1, rest);
       have = rest;
-      line_start = have ? mono_ns () : 0;
+      line_start = have ? ap_now_ns () : 0;
       pthread_mutex_lock (&ctl->lock);
       bool w = cl->watching;
       pthread_mutex_unlock (&ctl->lock);

@@ -112,6 +112,74 @@ void ap_counters_account (struct ap_counters *c, const struct ap_io *io,
 /* Percentile (0 < q < 1) of a latency histogram, in µs. */
 uint64_t ap_counters_percentile (const struct ap_counters *c, double q);
 
+/* -------------------------------------------------------- a path's lists */
+
+/* Requests a path keeps for itself (held, in flight, in doubt, ready to
+ * complete), linked through io->internal.pnext/pprev: a path owns those
+ * two fields while it has the request. */
+struct ap_plist {
+  struct ap_io *head, *tail;
+  unsigned count;
+};
+
+static inline void
+ap_plist_append (struct ap_plist *l, struct ap_io *io)
+{
+  io->internal.pnext = NULL;
+  io->internal.pprev = l->tail;
+  if (l->tail)
+    l->tail->internal.pnext = io;
+  else
+    l->head = io;
+  l->tail = io;
+  l->count++;
+}
+
+static inline void
+ap_plist_remove (struct ap_plist *l, struct ap_io *io)
+{
+  if (io->internal.pprev)
+    io->internal.pprev->internal.pnext = io->internal.pnext;
+  else
+    l->head = io->internal.pnext;
+  if (io->internal.pnext)
+    io->internal.pnext->internal.pprev = io->internal.pprev;
+  else
+    l->tail = io->internal.pprev;
+  io->internal.pnext = io->internal.pprev = NULL;
+  l->count--;
+}
+
+static inline struct ap_io *
+ap_plist_pop (struct ap_plist *l)
+{
+  struct ap_io *io = l->head;
+  if (io)
+    ap_plist_remove (l, io);
+  return io;
+}
+
+/* Insert keeping the list sorted by internal.due_ns; most requests come
+ * in order, so walk from the tail. */
+static inline void
+ap_plist_insert_by_due (struct ap_plist *l, struct ap_io *io)
+{
+  struct ap_io *after = l->tail;
+  while (after && after->internal.due_ns > io->internal.due_ns)
+    after = after->internal.pprev;
+  io->internal.pprev = after;
+  io->internal.pnext = after ? after->internal.pnext : l->head;
+  if (io->internal.pnext)
+    io->internal.pnext->internal.pprev = io;
+  else
+    l->tail = io;
+  if (after)
+    after->internal.pnext = io;
+  else
+    l->head = io;
+  l->count++;
+}
+
 /* ---------------------------------------------------------------- helpers */
 
 #define container_of(ptr, type, member) \

@@ -21,12 +21,6 @@
 
 #include "internal.h"
 
-/* A list through io->internal.pnext/pprev: the wrapper owns those fields
- * only while a request is on one of its lists (never while forwarded). */
-struct plist {
-  struct ap_io *head, *tail;
-};
-
 struct fault_path {
   struct ap_path base;
   struct ap_path *inner;
@@ -39,40 +33,13 @@ struct fault_path {
   int err;                      /* ERROR: negative errno */
   uint64_t delay_ns;            /* DELAY */
   uint64_t fence_delay_ns;
-  struct plist held, dropped;
-  struct plist ready;           /* sorted by internal.due_ns */
+  struct ap_plist held, dropped;
+  struct ap_plist ready;           /* sorted by internal.due_ns */
   uint64_t forwarded;           /* in the inner path now */
   bool stop;
 };
 
 static const struct ap_path_ops fault_ops;
-
-static void
-plist_append (struct plist *l, struct ap_io *io)
-{
-  io->internal.pnext = NULL;
-  io->internal.pprev = l->tail;
-  if (l->tail)
-    l->tail->internal.pnext = io;
-  else
-    l->head = io;
-  l->tail = io;
-}
-
-static struct ap_io *
-plist_pop (struct plist *l)
-{
-  struct ap_io *io = l->head;
-  if (io) {
-    l->head = io->internal.pnext;
-    if (l->head)
-      l->head->internal.pprev = NULL;
-    else
-      l->tail = NULL;
-    io->internal.pnext = io->internal.pprev = NULL;
-  }
-  return io;
-}
 
 /* Queue a completion for time due; keeps ready sorted. */
 static void
@@ -80,19 +47,7 @@ ready_insert (struct fault_path *f, struct ap_io *io, int err, uint64_t due)
 {
   io->internal.err = err;
   io->internal.due_ns = due;
-  struct ap_io *after = f->ready.tail;
-  while (after && after->internal.due_ns > due)
-    after = after->internal.pprev;
-  io->internal.pprev = after;
-  io->internal.pnext = after ? after->internal.pnext : f->ready.head;
-  if (io->internal.pnext)
-    io->internal.pnext->internal.pprev = io;
-  else
-    f->ready.tail = io;
-  if (after)
-    after->internal.pnext = io;
-  else
-    f->ready.head = io;
+  ap_plist_insert_by_due (&f->ready, io);
   pthread_cond_signal (&f->cond);
 }
 
@@ -142,10 +97,10 @@ fault_submit (struct ap_path *p, struct ap_io *io)
     ready_insert (f, io, f->err, ap_now_ns ());
     break;
   case AP_FAULT_HANG:
-    plist_append (&f->held, io);
+    ap_plist_append (&f->held, io);
     break;
   case AP_FAULT_DROP:
-    plist_append (&f->dropped, io);
+    ap_plist_append (&f->dropped, io);
     break;
   }
   pthread_mutex_unlock (&f->lock);
@@ -160,9 +115,9 @@ fault_fence (struct ap_path *p)
   uint64_t due = ap_now_ns () + f->fence_delay_ns;
   struct ap_io *io;
   /* Held and lost requests never ran: cancel them, unrun. */
-  while ((io = plist_pop (&f->held)))
+  while ((io = ap_plist_pop (&f->held)))
     ready_insert (f, io, -ECANCELED, due);
-  while ((io = plist_pop (&f->dropped)))
+  while ((io = ap_plist_pop (&f->dropped)))
     ready_insert (f, io, -ECANCELED, due);
   /* Delayed completions already ran; deliver them by the fence's time. */
   for (io = f->ready.head; io; io = io->internal.pnext)
@@ -183,7 +138,7 @@ fault_thread (void *arg)
     struct ap_io *io = f->ready.head;
     uint64_t now = ap_now_ns ();
     if (io && io->internal.due_ns <= now) {
-      plist_pop (&f->ready);
+      ap_plist_pop (&f->ready);
       pthread_mutex_unlock (&f->lock);
       ap_path_done (&f->base, io, io->internal.err);
       pthread_mutex_lock (&f->lock);
@@ -282,16 +237,16 @@ ap_fault_set (struct ap_path *p, enum ap_fault_mode mode, int err,
   f->mode = mode;
   f->err = err < 0 ? err : err > 0 ? -err : -EIO;
   f->delay_ns = mode == AP_FAULT_DELAY ? AP_US (delay_us) : 0;
-  struct plist late = { 0 };
+  struct ap_plist late = { 0 };
   if (old == AP_FAULT_HANG && mode != AP_FAULT_HANG) {
     /* The hang ends: what was held runs now, late. */
     late = f->held;
-    f->held.head = f->held.tail = NULL;
+    f->held = (struct ap_plist) { 0 };
   }
   pthread_mutex_unlock (&f->lock);
 
   struct ap_io *io;
-  while ((io = plist_pop (&late))) {
+  while ((io = ap_plist_pop (&late))) {
     int r = forward (f, io);
     if (r < 0) {
       pthread_mutex_lock (&f->lock);

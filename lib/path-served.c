@@ -134,11 +134,6 @@ struct conn {
 };
 
 /* A list through io->internal.pnext/pprev. */
-struct plist {
-  struct ap_io *head, *tail;
-  unsigned count;
-};
-
 struct served_path {
   struct ap_path base;          /* first: container_of() from ops */
 
@@ -172,10 +167,10 @@ struct served_path {
   bool can_flush, can_fua, can_trim, can_zero, read_only;
   uint64_t max_rw;              /* longest read or write we send */
 
-  struct plist inflight;        /* libnbd has a command for each */
-  struct plist reissue;         /* FUA emulation: written, flush next */
-  struct plist doubt;           /* sorted by due_ns */
-  struct plist done;            /* for the I/O thread to complete */
+  struct ap_plist inflight;        /* libnbd has a command for each */
+  struct ap_plist reissue;         /* FUA emulation: written, flush next */
+  struct ap_plist doubt;           /* sorted by due_ns */
+  struct ap_plist done;            /* for the I/O thread to complete */
   unsigned outstanding;         /* inflight + reissue */
 
   /* Counters (ap_served_get_state). */
@@ -192,65 +187,6 @@ static const struct ap_path_ops served_ops = {
   .fence = served_fence,
   .close = served_close,
 };
-
-/* ------------------------------------------------------------- lists */
-
-static void
-plist_append (struct plist *l, struct ap_io *io)
-{
-  io->internal.pnext = NULL;
-  io->internal.pprev = l->tail;
-  if (l->tail)
-    l->tail->internal.pnext = io;
-  else
-    l->head = io;
-  l->tail = io;
-  l->count++;
-}
-
-static void
-plist_remove (struct plist *l, struct ap_io *io)
-{
-  if (io->internal.pprev)
-    io->internal.pprev->internal.pnext = io->internal.pnext;
-  else
-    l->head = io->internal.pnext;
-  if (io->internal.pnext)
-    io->internal.pnext->internal.pprev = io->internal.pprev;
-  else
-    l->tail = io->internal.pprev;
-  io->internal.pnext = io->internal.pprev = NULL;
-  l->count--;
-}
-
-static struct ap_io *
-plist_pop (struct plist *l)
-{
-  struct ap_io *io = l->head;
-  if (io)
-    plist_remove (l, io);
-  return io;
-}
-
-/* Keep doubt sorted by due_ns (most come in order: walk from the tail). */
-static void
-doubt_insert (struct plist *l, struct ap_io *io)
-{
-  struct ap_io *after = l->tail;
-  while (after && after->internal.due_ns > io->internal.due_ns)
-    after = after->internal.pprev;
-  io->internal.pprev = after;
-  io->internal.pnext = after ? after->internal.pnext : l->head;
-  if (io->internal.pnext)
-    io->internal.pnext->internal.pprev = io;
-  else
-    l->tail = io;
-  if (after)
-    after->internal.pnext = io;
-  else
-    l->head = io;
-  l->count++;
-}
 
 /* ----------------------------------------------------------- helpers */
 
@@ -337,14 +273,14 @@ on_complete (void *user_data, int *error)
       && !(io->internal.cookie & STAGE_FLUSH)) {
     /* The write of an emulated FUA write is done: the I/O thread sends
      * the flush (not from here: we are inside libnbd). */
-    plist_remove (&s->inflight, io);
-    plist_append (&s->reissue, io);
+    ap_plist_remove (&s->inflight, io);
+    ap_plist_append (&s->reissue, io);
     return 1;
   }
-  plist_remove (&s->inflight, io);
+  ap_plist_remove (&s->inflight, io);
   s->outstanding--;
   io->internal.err = -e;
-  plist_append (&s->done, io);
+  ap_plist_append (&s->done, io);
   return 1;
 }
 
@@ -366,7 +302,7 @@ issue_locked (struct served_path *s, struct conn *c, struct ap_io *io,
       | (emulate ? FUA_EMULATED : 0);
   }
   io->internal.due_ns = c->wait_ns;
-  plist_append (&s->inflight, io);
+  ap_plist_append (&s->inflight, io);
   if (flush_stage)
     r = nbd_aio_flush (c->h, cb, 0);
   else {
@@ -398,7 +334,7 @@ issue_locked (struct served_path *s, struct conn *c, struct ap_io *io,
   if (r < 0) {
     /* Not queued: libnbd did not and will not call the callback. */
     int e = nbd_get_errno ();
-    plist_remove (&s->inflight, io);
+    ap_plist_remove (&s->inflight, io);
     if (nbd_aio_is_dead (c->h) || nbd_aio_is_closed (c->h) || e == 0) {
       e = ENOTCONN;
       wake (s);                 /* to sort what the dead handle had */
@@ -426,25 +362,25 @@ sort_inflight_locked (struct served_path *s, uint64_t close_ns, int read_err)
 {
   struct ap_io *io;
 
-  while ((io = plist_pop (&s->inflight))) {
+  while ((io = ap_plist_pop (&s->inflight))) {
     s->outstanding--;
     if (!is_write_class (io)) {
       io->internal.err = read_err;
-      plist_append (&s->done, io);
+      ap_plist_append (&s->done, io);
     }
     else {
       /* due_ns held the wait of its connection. */
       io->internal.due_ns = close_ns + io->internal.due_ns;
       io->internal.cookie = close_ns; /* for last_doubt_ns */
-      doubt_insert (&s->doubt, io);
+      ap_plist_insert_by_due (&s->doubt, io);
     }
   }
   /* Emulated FUA writes between their two stages: the server answered the
    * write, so it is not in doubt, but its flush was never sent. */
-  while ((io = plist_pop (&s->reissue))) {
+  while ((io = ap_plist_pop (&s->reissue))) {
     s->outstanding--;
     io->internal.err = read_err;
-    plist_append (&s->done, io);
+    ap_plist_append (&s->done, io);
   }
 }
 
@@ -690,13 +626,13 @@ reissue_locked (struct served_path *s)
 {
   struct ap_io *io;
 
-  while ((io = plist_pop (&s->reissue))) {
+  while ((io = ap_plist_pop (&s->reissue))) {
     struct conn *c = conn_of (io);
     int r = c->state == CONN_UP ? issue_locked (s, c, io, true) : -ENOTCONN;
     if (r < 0) {
       s->outstanding--;
       io->internal.err = r;
-      plist_append (&s->done, io);
+      ap_plist_append (&s->done, io);
     }
   }
 }
@@ -711,10 +647,10 @@ timers_locked (struct served_path *s, uint64_t now)
   struct ap_io *io;
 
   while ((io = s->doubt.head) && io->internal.due_ns <= now) {
-    plist_remove (&s->doubt, io);
+    ap_plist_remove (&s->doubt, io);
     s->last_doubt_ns = now - io->internal.cookie;
     io->internal.err = -ECANCELED;
-    plist_append (&s->done, io);
+    ap_plist_append (&s->done, io);
   }
   if (io)
     next = io->internal.due_ns;
@@ -740,10 +676,10 @@ timers_locked (struct served_path *s, uint64_t now)
 }
 
 static void
-deliver (struct served_path *s, struct plist *l)
+deliver (struct served_path *s, struct ap_plist *l)
 {
   struct ap_io *io;
-  while ((io = plist_pop (l)))
+  while ((io = ap_plist_pop (l)))
     ap_path_done (&s->base, io, io->internal.err);
 }
 
@@ -761,8 +697,8 @@ io_thread (void *arg)
 
     if (s->done.count) {
       /* Complete first, with no lock held; then look again. */
-      struct plist l = s->done;
-      s->done = (struct plist) { 0 };
+      struct ap_plist l = s->done;
+      s->done = (struct ap_plist) { 0 };
       pthread_mutex_unlock (&s->lock);
       deliver (s, &l);
       pthread_mutex_lock (&s->lock);
