@@ -855,6 +855,9 @@ cluster_start (const struct config *cfg, void (*rescan) (void *),
   mkdir_parents (l.path);
   if (nbd_server_listen (c->local, &l, err, errlen) < 0)
     goto fail;
+  if (cfg->local_tcp.host[0]
+      && nbd_server_listen (c->local, &cfg->local_tcp, err, errlen) < 0)
+    goto fail;
   if (pipe2 (c->local_quit, O_CLOEXEC) < 0) {
     snprintf (err, errlen, "pipe: %s", strerror (errno));
     goto fail;
@@ -1079,4 +1082,26 @@ cluster_json (struct cluster *c)
   char *s = strdup (json_object_to_json_string_ext (o, JSON_C_TO_STRING_PLAIN));
   json_object_put (o);
   return s;
+}
+
+/* ------------------------------------------------- for metrics.c only */
+
+/* Whether the registry answers now (registry_health: never waits for the
+ * network), its backend ("dir", "etcd"), and how many configuration
+ * errors across nodes this node has found (the list is cluster_json's
+ * "configuration_errors"). */
+bool
+cluster_registry_ok (struct cluster *c, const char **backend,
+                     size_t *config_errors)
+{
+  char msg[512];
+  bool ok = registry_health (c->reg, msg, sizeof msg);
+  if (backend)
+    *backend = registry_backend (c->reg);
+  if (config_errors) {
+    pthread_mutex_lock (&c->lock);
+    *config_errors = c->nconflicts;
+    pthread_mutex_unlock (&c->lock);
+  }
+  return ok;
 }

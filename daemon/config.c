@@ -12,6 +12,7 @@
  *   [port B]    alloclass = 4  glob = /srv/shared/disk*.img  read-only = no
  *               allow = a b    100 = /srv/shared/disk100.img, read-only
  *   [control]   socket = /run/altpath/control.sock  group = altpath
+ *   [metrics]   listen = 127.0.0.1:9469  allow-remote = no
  *
  * How a file is read:
  *
@@ -53,6 +54,9 @@
 #include "daemon.h"
 
 #define DEFAULT_NBD_PORT "10809"
+#define DEFAULT_METRICS_HOST "127.0.0.1"
+#define DEFAULT_METRICS_PORT "9469"   /* unclaimed in Prometheus's list of
+                                         exporter ports */
 /* Served disks fail fast: a client's own multipath (request timeout 5000
  * ms by default in libaltpath) should see an error and fail over rather
  * than wait for us.  request + verify stays below the client's timeout. */
@@ -77,13 +81,15 @@ enum section {
   SEC_REGISTRY,
   SEC_CLUSTER,
   SEC_CONTROL,
-  SEC_PORT,
+  SEC_METRICS,
+  SEC_PORT,                     /* last: the ones above are singletons */
 };
 
 static const char *const section_names[] = {
   [SEC_NONE] = "", [SEC_NODE] = "node", [SEC_LISTEN] = "listen",
   [SEC_TLS] = "tls", [SEC_UNITS] = "units", [SEC_REGISTRY] = "registry",
-  [SEC_CLUSTER] = "cluster", [SEC_CONTROL] = "control", [SEC_PORT] = "port",
+  [SEC_CLUSTER] = "cluster", [SEC_CONTROL] = "control",
+  [SEC_METRICS] = "metrics", [SEC_PORT] = "port",
 };
 
 /* A key seen in one section, to refuse it twice. */
@@ -122,6 +128,7 @@ struct parser {
 
   /* Line of each key checked in finish(). */
   unsigned node_name_line, node_alloclass_line;
+  unsigned metrics_listen_line;
   unsigned psk_line, cert_line, verify_line, allow_line;
   struct listen_lines *ll;      /* parallel to cfg->listen */
   struct port_lines *pl;        /* parallel to cfg->ports */
@@ -423,8 +430,8 @@ parse_section (const char *raw, char *letter, char *why, size_t whylen)
     return SEC_NONE;
   }
   snprintf (why, whylen, "unknown section; the sections are [node], "
-            "[listen], [tls], [units], [registry], [cluster], [control] "
-            "and [port A] to [port Z]");
+            "[listen], [tls], [units], [registry], [cluster], [control], "
+            "[metrics] and [port A] to [port Z]");
   return SEC_NONE;
 }
 
@@ -975,6 +982,21 @@ handle_cluster (struct parser *p, const char *key, const char *value)
     }
     return 0;
   }
+  if (strcmp (key, "local-tcp") == 0) {
+    struct config_listen *l = &cfg->local_tcp;
+    if (parse_listen_address (p, key, value, l) < 0)
+      return -1;
+    if (l->is_unix || (strncmp (l->host, "127.", 4) && strcmp (l->host, "::1")
+                       && strcmp (l->host, "localhost"))) {
+      fail_key (p, line, key, "'%s' is not a loopback address; the units "
+                "are this node's own and are exported on loopback only "
+                "(e.g. 127.0.0.1:10810)", value);
+      return -1;
+    }
+    l->tls = TLS_OFF;
+    l->tls_explicit = true;
+    return 0;
+  }
   if (strcmp (key, "fault-dir") == 0) {
     if (!*value || !resolve_path (p, value, cfg->fault_dir,
                                   sizeof cfg->fault_dir)) {
@@ -1071,6 +1093,64 @@ handle_control (struct parser *p, const char *key, const char *value)
   }
   fail_key (p, line, key, "unknown key in [control]; [control] takes "
             "'socket' and 'group'");
+  return -1;
+}
+
+/* [metrics]: the Prometheus endpoint (metrics.c).  TCP only: that is
+ * what Prometheus scrapes. */
+static int
+handle_metrics (struct parser *p, const char *key, const char *value)
+{
+  struct config *cfg = p->cfg;
+  unsigned line = p->lineno;
+
+  if (strcmp (key, "listen") == 0) {
+    if (strncasecmp (value, "unix:", 5) == 0) {
+      fail_key (p, line, key, "Prometheus scrapes over TCP; give HOST:PORT, "
+                "e.g. 127.0.0.1:" DEFAULT_METRICS_PORT);
+      return -1;
+    }
+    /* HOST[:PORT] or [IPv6][:PORT]; the port defaults to 9469, not to
+     * NBD's, so it is checked here and the rest by the listeners'
+     * parser.  A bare IPv6 address gets no port of its own and that
+     * parser explains the brackets. */
+    bool bracket = value[0] == '[';
+    const char *end = bracket ? strchr (value, ']') : NULL;
+    const char *colon = bracket ? (end && end[1] == ':' ? end + 1 : NULL)
+      : strchr (value, ':');
+    if (!bracket && colon && strchr (colon + 1, ':'))
+      colon = NULL;
+    unsigned pn;
+    if (colon && !parse_uint (colon + 1, 1, 65535, &pn)) {
+      fail_key (p, line, key, "'%s' is not a port number from 1 to 65535; "
+                "give e.g. 127.0.0.1:" DEFAULT_METRICS_PORT, colon + 1);
+      return -1;
+    }
+    char addr[300];
+    int n = snprintf (addr, sizeof addr,
+                      colon ? "%s" : "%s:" DEFAULT_METRICS_PORT, value);
+    if (n < 0 || (size_t) n >= sizeof addr) {
+      fail_key (p, line, key, "the address is too long");
+      return -1;
+    }
+    struct config_listen l;
+    memset (&l, 0, sizeof l);
+    if (parse_listen_address (p, key, addr, &l) < 0)
+      return -1;
+    snprintf (cfg->metrics_host, sizeof cfg->metrics_host, "%s", l.host);
+    snprintf (cfg->metrics_port, sizeof cfg->metrics_port, "%s", l.port);
+    p->metrics_listen_line = line;
+    return 0;
+  }
+  if (strcmp (key, "allow-remote") == 0) {
+    if (!parse_bool (value, &cfg->metrics_allow_remote)) {
+      fail_key (p, line, key, "'%s' is neither yes nor no", value);
+      return -1;
+    }
+    return 0;
+  }
+  fail_key (p, line, key, "unknown key in [metrics]; [metrics] takes "
+            "'listen' and 'allow-remote'");
   return -1;
 }
 
@@ -1315,6 +1395,7 @@ handler (void *user, const char *section, const char *name,
   case SEC_REGISTRY: r = handle_registry (p, key, value); break;
   case SEC_CLUSTER: r = handle_cluster (p, key, value); break;
   case SEC_CONTROL: r = handle_control (p, key, value); break;
+  case SEC_METRICS: r = handle_metrics (p, key, value); break;
   default: r = -1; break;
   }
   return r == 0;
@@ -1414,6 +1495,35 @@ finish_cluster (struct parser *p)
   return 0;
 }
 
+/* [metrics]: its default address, and loopback unless allowed. */
+static int
+finish_metrics (struct parser *p)
+{
+  struct config *cfg = p->cfg;
+  cfg->metrics = p->singleton_line[SEC_METRICS] != 0;
+  if (!cfg->metrics)
+    return 0;
+  if (!cfg->metrics_host[0]) {
+    snprintf (cfg->metrics_host, sizeof cfg->metrics_host, "%s",
+              DEFAULT_METRICS_HOST);
+    snprintf (cfg->metrics_port, sizeof cfg->metrics_port, "%s",
+              DEFAULT_METRICS_PORT);
+  }
+  struct config_listen l;
+  memset (&l, 0, sizeof l);
+  snprintf (l.host, sizeof l.host, "%s", cfg->metrics_host);
+  if (!is_loopback (&l) && !cfg->metrics_allow_remote) {
+    fail_key (p, p->metrics_listen_line, "listen", "%s is not a loopback "
+              "address, and the metrics tell whoever connects this node's "
+              "devices, paths and load (no TLS, no password); write "
+              "'allow-remote = yes' in [metrics] to serve them on the "
+              "network anyway (firewall the port to the Prometheus "
+              "servers), or listen on 127.0.0.1", cfg->metrics_host);
+    return -1;
+  }
+  return 0;
+}
+
 /* Checks that need the whole file, and defaults. */
 static int
 finish (struct parser *p)
@@ -1436,6 +1546,8 @@ finish (struct parser *p)
   if (!cfg->verify_timeout_ms)
     cfg->verify_timeout_ms = DEFAULT_VERIFY_TIMEOUT_MS;
   if (finish_cluster (p) < 0)
+    return -1;
+  if (finish_metrics (p) < 0)
     return -1;
   if (!cfg->control_socket[0])
     snprintf (cfg->control_socket, sizeof cfg->control_socket,

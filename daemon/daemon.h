@@ -14,6 +14,7 @@
  *   tls.c ── GnuTLS sessions (PSK, X.509)
  *   control.c ── the control socket altpath talks to (control-request.h:
  *                its request parser, pure: fuzzed)
+ *   metrics.c ── Prometheus text over HTTP ([metrics]; read only)
  */
 #ifndef ALTPATHD_H
 #define ALTPATHD_H
@@ -106,6 +107,7 @@ struct config {
   char advertise[512];          /* the NBD URI peers use to reach this
                                    node; default from the first listener */
   char local_socket[108];       /* local NBD socket exporting the units */
+  struct config_listen local_tcp; /* and on loopback TCP, if host[0] */
   unsigned local_request_timeout_ms, local_verify_timeout_ms;
   unsigned checker_interval_ms, failback_ms;
   bool queue_if_no_path;
@@ -127,6 +129,15 @@ struct config {
   bool control_explicit;        /* set in the file: failing to open it
                                    stops the start (else only logged) */
   char control_group[64];       /* may use it besides root; "": none */
+
+  /* [metrics]: Prometheus text over HTTP (metrics.c) */
+  bool metrics;                 /* a [metrics] section was given; else
+                                   no metrics listener at all */
+  char metrics_host[256];       /* numeric address or host name;
+                                   default 127.0.0.1 */
+  char metrics_port[16];        /* default 9469 */
+  bool metrics_allow_remote;    /* a non-loopback address is refused
+                                   without 'allow-remote = yes' */
 };
 
 /* Parse FILE.  On error returns -1 and writes into err a message naming
@@ -227,6 +238,11 @@ void cluster_set_units_hook (struct cluster *c,
  * socket's watchers), on the unit's thread. */
 void cluster_set_event_hook (struct cluster *c, ap_event_fn *fn,
                              void *opaque);
+/* For metrics.c: whether the registry answers now (never waits for the
+ * network); *backend ("dir", "etcd") and *config_errors (how many
+ * configuration errors across nodes were found) if not NULL. */
+bool cluster_registry_ok (struct cluster *c, const char **backend,
+                          size_t *config_errors);
 
 /* ----------------------------------------------------------- control.c */
 
@@ -273,6 +289,42 @@ void control_stop (struct control *ctl);
 /* Free what control_stop left: only once nothing can call control_event
  * any more (the units it was given to are closed).  NULL is a no-op. */
 void control_free (struct control *ctl);
+
+/* ----------------------------------------------------------- metrics.c */
+
+/* Metrics for Prometheus (docs/operations.md): GET /metrics on an HTTP
+ * listener ([metrics] listen, loopback unless allow-remote), in the text
+ * exposition format 0.0.4.  Read only: nothing it serves changes a unit.
+ *
+ * As for control.c, what it needs from the rest of the daemon comes
+ * through a view; the callbacks run on metrics threads with no metrics
+ * lock held, once per scrape. */
+struct metrics_view {
+  const char *node;             /* this node's name (copied) */
+  const char *daemon_version;   /* e.g. "altpathd 0.1" (copied) */
+  /* The node's units now, as control_view's units (the same function). */
+  size_t (*units) (void *opaque, struct export ***out);
+  /* How many disks the node serves to peers over NBD now. */
+  size_t (*served) (void *opaque);
+  /* false: not in a cluster.  Else *healthy, *backend, *config_errors
+   * as cluster_registry_ok. */
+  bool (*registry) (void *opaque, bool *healthy, const char **backend,
+                    size_t *config_errors);
+  void *opaque;
+};
+
+struct metrics;
+
+/* Listen on host:port (TCP; resolved now; a non-loopback address only if
+ * allow_remote) and serve on threads of its own.  On error NULL and a
+ * message naming the address and what to do. */
+struct metrics *metrics_start (const char *host, const char *port,
+                               bool allow_remote,
+                               const struct metrics_view *view, char *err,
+                               size_t errlen);
+/* Stop listening, end every client (through the stop pipe: no thread is
+ * cancelled), join the threads, free.  NULL is a no-op. */
+void metrics_stop (struct metrics *m);
 
 /* -------------------------------------------------------------- fuse.c */
 

@@ -117,6 +117,8 @@ devices = none
 socket = $T/$1.ctl
 EOF
   [ "$4" = yes ] && printf '%s\n' "$port_b" >> "$T/$1.conf"
+  [ "$1" = C ] && sed -i "s|^\[cluster\]|[cluster]\nlocal-tcp = 127.0.0.1:10913|" "$T/C.conf"
+  return 0
 }
 conf A "$IPA" 10901 yes
 conf B "$IPB" 10902 yes
@@ -176,6 +178,9 @@ for d in '$4$DKB100' '$4$DKB101' '$4$DKB102'; do
   wait_active C "$d" 'served:*' 10
 done
 log "every node has its three units: A and B direct, C served"
+tcp=$(nbdinfo --list --json nbd://127.0.0.1:10913 2> /dev/null | grep -c '"export-name"')
+[ "$tcp" = 3 ] || fail "C's units on loopback TCP (local-tcp): $tcp exports, want 3"
+log "C also exports its units on loopback TCP (local-tcp)"
 
 # ------------------------------------------------------------ verifiers
 enc () { printf '%s' "$1" | sed 's/\$/%24/g'; }

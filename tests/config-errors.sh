@@ -133,6 +133,18 @@ bad allow-unknown-peer 10 "key '100'" "'mallory' is not in [tls] allow" \
 bad disk-option 6 "key '100'" "unknown option 'fast'" \
   "$node"$'\n'"$listen"$'\n[port B]\n100 = b100.img, fast'
 
+# --- [registry] and [cluster] --------------------------------------------
+bad registry-backend 6 "key 'backend'" "not a registry backend" \
+  "$node"$'\n'"$listen"$'\n[registry]\nbackend = zookeeper'
+bad etcd-no-endpoints 5 "section [registry]" "needs 'endpoints'" \
+  "$node"$'\n'"$listen"$'\n[registry]\nbackend = etcd'
+bad local-tcp-remote 7 "key 'local-tcp'" "not a loopback address" \
+  "$node"$'\n'"$listen"$'\n[registry]\n[cluster]\nlocal-tcp = 10.1.2.3:10810'
+bad cluster-number 7 "key 'deadline-ms'" "from 100 to 600000" \
+  "$node"$'\n'"$listen"$'\n[registry]\n[cluster]\ndeadline-ms = 5'
+bad cluster-unknown 7 "key 'colour'" "unknown key in [cluster]" \
+  "$node"$'\n'"$listen"$'\n[registry]\n[cluster]\ncolour = red'
+
 # --- the command line -----------------------------------------------------
 for args in "--bogus" "--config" "" "--config x y"; do
   # shellcheck disable=SC2086
