@@ -20,19 +20,8 @@
 #include <time.h>
 
 #include "altpath.h"
+#include "atomic-max.h"
 #include "clock.h"
-
-/* Atomically raise *a to v if v is larger. */
-static inline void
-bench_atomic_max (_Atomic uint64_t *a, uint64_t v)
-{
-  uint64_t cur = atomic_load_explicit (a, memory_order_relaxed);
-  while (v > cur
-         && !atomic_compare_exchange_weak_explicit (a, &cur, v,
-                                                    memory_order_relaxed,
-                                                    memory_order_relaxed))
-    ;
-}
 
 /* ------------------------------------------------------------ histogram */
 
@@ -82,7 +71,7 @@ bh_add (struct bench_hist *h, uint64_t ns)
                              memory_order_relaxed);
   atomic_fetch_add_explicit (&h->n, 1, memory_order_relaxed);
   atomic_fetch_add_explicit (&h->sum_ns, ns, memory_order_relaxed);
-  bench_atomic_max (&h->max_ns, ns);
+  ap_atomic_max (&h->max_ns, ns);
 }
 
 /* Percentile q (0 < q < 1) in µs; 0 if empty.  Read once the writers have

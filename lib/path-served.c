@@ -133,7 +133,6 @@ struct conn {
                                    waits after the close */
 };
 
-/* A list through io->internal.pnext/pprev. */
 struct served_path {
   struct ap_path base;          /* first: container_of() from ops */
 
@@ -167,10 +166,11 @@ struct served_path {
   bool can_flush, can_fua, can_trim, can_zero, read_only;
   uint64_t max_rw;              /* longest read or write we send */
 
-  struct ap_plist inflight;        /* libnbd has a command for each */
-  struct ap_plist reissue;         /* FUA emulation: written, flush next */
-  struct ap_plist doubt;           /* sorted by due_ns */
-  struct ap_plist done;            /* for the I/O thread to complete */
+  /* Requests, each on one list (io->internal.pnext/pprev). */
+  struct ap_plist inflight;     /* libnbd has a command for each */
+  struct ap_plist reissue;      /* FUA emulation: written, flush next */
+  struct ap_plist doubt;        /* sorted by due_ns */
+  struct ap_plist done;         /* for the I/O thread to complete */
   unsigned outstanding;         /* inflight + reissue */
 
   /* Counters (ap_served_get_state). */
@@ -213,14 +213,21 @@ is_write_class (const struct ap_io *io)
   return io->op != AP_OP_READ;
 }
 
-/* Note libnbd's last error of this thread as the path's last error. */
+/* libnbd's last error of this thread, after what, into buf. */
+static void
+format_nbd_error (char *buf, size_t len, const char *what)
+{
+  const char *e = nbd_get_error ();
+  snprintf (buf, len, "%s: %s", what,
+            e && *e ? e : strerror (nbd_get_errno () ? nbd_get_errno ()
+                                    : EIO));
+}
+
+/* The same as the path's last error.  Lock held. */
 static void
 note_nbd_error (struct served_path *s, const char *what)
 {
-  const char *e = nbd_get_error ();
-  snprintf (s->last_error, sizeof s->last_error, "%s: %s", what,
-            e && *e ? e : strerror (nbd_get_errno () ? nbd_get_errno ()
-                                    : EIO));
+  format_nbd_error (s->last_error, sizeof s->last_error, what);
 }
 
 /* Abortive close from now on: close() sends RST and discards what the
@@ -403,8 +410,10 @@ backoff_grow_locked (struct served_path *s)
 static void
 close_all_locked (struct served_path *s, int read_err)
 {
+  /* A connection being started (CONNECTING without a handle yet, see
+   * conn_start_locked) is closed too: its start then gives up. */
   for (unsigned i = 0; i < MAX_CONNS; i++)
-    if (s->conns[i].h)
+    if (s->conns[i].h || s->conns[i].state != CONN_DOWN)
       conn_close_locked (&s->conns[i]);
   s->connected = false;
   sort_inflight_locked (s, ap_now_ns (), read_err);
@@ -430,14 +439,15 @@ lose_all_locked (struct served_path *s, struct conn *dead)
 
 /* ---------------------------------------------------------- connecting */
 
-/* A new handle, set up to connect (TLS, the deadline context). */
+/* A new handle, set up to connect (TLS, the deadline context).  Reads
+ * only what is fixed at open, so it needs no lock; errors go to err. */
 static struct nbd_handle *
-new_handle (struct served_path *s)
+new_handle (struct served_path *s, char *err, size_t errlen)
 {
   struct nbd_handle *h = nbd_create ();
 
   if (!h) {
-    note_nbd_error (s, "nbd_create");
+    format_nbd_error (err, errlen, "nbd_create");
     return NULL;
   }
   nbd_set_handle_name (h, "altpath-served");
@@ -461,27 +471,45 @@ new_handle (struct served_path *s)
   return h;
 
  err:
-  note_nbd_error (s, "setting up the connection");
+  format_nbd_error (err, errlen, "setting up the connection");
   nbd_close (h);
   return NULL;
 }
 
-/* Start connecting c.  Lock held.  false if it failed at once. */
+/* Start connecting c.  Lock held on entry and on return, but dropped
+ * around nbd_aio_connect_uri, which resolves host names (getaddrinfo may
+ * take seconds): submitters and fence() never wait for that.  The slot is
+ * reserved meanwhile (CONNECTING, no handle); a fence or close that
+ * closes it makes the start give up.  false: failed, or given up. */
 static bool
-conn_start_locked (struct served_path *s, struct conn *c, uint64_t now)
+conn_start_locked (struct served_path *s, struct conn *c)
 {
-  struct nbd_handle *h = new_handle (s);
+  unsigned gen = c->gen;
+  char err[sizeof s->last_error] = "";
+  struct nbd_handle *h;
+  bool ok;
 
-  if (!h)
-    return false;
-  if (nbd_aio_connect_uri (h, s->uri) < 0) {
-    note_nbd_error (s, "connect");
+  c->state = CONN_CONNECTING;
+  pthread_mutex_unlock (&s->lock);
+  h = new_handle (s, err, sizeof err);
+  ok = h && nbd_aio_connect_uri (h, s->uri) == 0;
+  if (h && !ok)
+    format_nbd_error (err, sizeof err, "connect");
+  pthread_mutex_lock (&s->lock);
+
+  if (c->gen != gen || s->stop) {
+    /* Closed meanwhile (fence, loss, close): this start is void. */
     nbd_close (h);
     return false;
   }
+  if (!ok) {
+    nbd_close (h);
+    c->state = CONN_DOWN;
+    snprintf (s->last_error, sizeof s->last_error, "%s", err);
+    return false;
+  }
   c->h = h;
-  c->state = CONN_CONNECTING;
-  c->connect_by_ns = now + AP_MS (s->connect_timeout_ms);
+  c->connect_by_ns = ap_now_ns () + AP_MS (s->connect_timeout_ms);
   return true;
 }
 
@@ -553,10 +581,6 @@ conn_ready_locked (struct served_path *s, struct conn *c)
     s->base.info.block_size = bs;
     s->connected = true;
     s->backoff_ms = BACKOFF_MIN_MS;
-    for (unsigned i = 1; i < s->nconns; i++)
-      if (!conn_start_locked (s, &s->conns[i], ap_now_ns ()))
-        ap_warn ("%s: extra connection %u to %s: %s; using fewer",
-                 s->base.info.name, i, s->uri, s->last_error);
     if (!s->opening)
       ap_info ("%s: connected again to %s", s->base.info.name, s->uri);
   }
@@ -573,6 +597,17 @@ conn_ready_locked (struct served_path *s, struct conn *c)
              c->idx, s->deadline_ms ? "a plain NBD server, or a Unix socket"
              : "not proposed", s->fence_wait_ms);
   pthread_cond_broadcast (&s->changed);
+
+  /* The other connections, once the first has said how many may be.
+   * Last: starting one drops the lock. */
+  for (unsigned i = 1; c->idx == 0 && i < s->nconns; i++) {
+    if (!s->connected || s->stop)
+      break;                    /* fenced or closed meanwhile */
+    if (s->conns[i].state == CONN_DOWN
+        && !conn_start_locked (s, &s->conns[i]) && s->connected)
+      ap_warn ("%s: extra connection %u to %s: %s; using fewer",
+               s->base.info.name, i, s->uri, s->last_error);
+  }
   return true;
 }
 
@@ -658,8 +693,8 @@ timers_locked (struct served_path *s, uint64_t now)
   if (!s->connected && s->conns[0].state == CONN_DOWN && !s->opening) {
     if (now >= s->next_attempt_ns) {
       s->last_error[0] = '\0';
-      if (!conn_start_locked (s, &s->conns[0], now))
-        attempt_failed_locked (s, now);
+      if (!conn_start_locked (s, &s->conns[0]) && !s->stop)
+        attempt_failed_locked (s, ap_now_ns ());
     }
     if (s->conns[0].state == CONN_DOWN && s->next_attempt_ns < next)
       next = s->next_attempt_ns;
@@ -748,10 +783,18 @@ io_thread (void *arg)
        * results belong to the old one. */
       if (!re || !c->h || c->gen != gens[k - 1])
         continue;
-      int rr = 0;
-      if (re & (POLLIN | POLLHUP | POLLERR | POLLNVAL))
+      /* One notification per round, as nbd_poll does: the first may
+       * change what the handle waits for.  An error or hangup alone goes
+       * to the side we waited on, so that libnbd finds it (instead of
+       * poll reporting it again and again). */
+      int rr;
+      if (re & POLLIN)
         rr = nbd_aio_notify_read (c->h);
-      if (rr >= 0 && (re & POLLOUT) && c->h)
+      else if (re & POLLOUT)
+        rr = nbd_aio_notify_write (c->h);
+      else if (pfd[k].events & POLLIN)
+        rr = nbd_aio_notify_read (c->h);
+      else
         rr = nbd_aio_notify_write (c->h);
       if (rr < 0)
         note_nbd_error (s, "notify");
@@ -1095,7 +1138,7 @@ ap_path_open_served (const struct ap_served_options *opt)
   s->opening = true;
   uint64_t until = ap_now_ns () + AP_MS (s->connect_timeout_ms);
   pthread_mutex_lock (&s->lock);
-  bool started = conn_start_locked (s, &s->conns[0], ap_now_ns ());
+  bool started = conn_start_locked (s, &s->conns[0]);
   pthread_mutex_unlock (&s->lock);
   if (!started) {
     ap_set_error (ECONNREFUSED, "cannot connect served path %s to %s: %s; "

@@ -9,7 +9,12 @@
  *   peer cases     a unit over the served path alone: writes (some FUA),
  *                  flush, reads, write-zeroes, trim, many requests at once,
  *                  each checked against the image file itself; what each
- *                  peer negotiated (connections, the request deadline)
+ *                  peer negotiated (connections, the request deadline);
+ *                  altpathd also over TLS-PSK
+ *   negotiation    the altpath:deadline-ms context against altpathd with
+ *                  libnbd itself: listed, selected, refused when out of
+ *                  range or not canonical, not offered on Unix sockets,
+ *                  BLOCK_STATUS with it
  *   open errors    nothing listening: a prompt error naming the URI
  *   reconnect      the server killed: the unit fails over to a direct
  *                  path; the server restarted: the served path reconnects
@@ -18,9 +23,14 @@
  *                  to altpathd, SIGSTOP of altpathd, failover to the
  *                  direct path, newer data written to every block,
  *                  SIGCONT: no block may end with the older data
+ *                  (and the same over TLS-PSK); on a loop device, root
+ *                  only (see fence_run)
  *   fence control  the same without the deadline (the client does not
  *                  propose it, and waits 1 ms): the stale writes land, so
  *                  the fence case can fail
+ *
+ * By hand: TEST_SERVED_ONLY='test_fence*' runs only the matching cases,
+ * TEST_SERVED_KEEP=1 keeps each case's directory (images, server logs).
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -48,6 +58,7 @@
 #include <sys/wait.h>
 
 #include <cmocka.h>
+#include <libnbd.h>
 
 #include "internal.h"
 
@@ -146,16 +157,18 @@ forget_kid (pid_t pid)
       kids[i] = 0;
 }
 
-/* SIGTERM (after SIGCONT, in case it is stopped), then SIGKILL. */
-static void
+/* SIGTERM (after SIGCONT, in case it is stopped), then SIGKILL after
+ * 5 s.  Returns its exit status (0 for a daemon that is not our child),
+ * or -1 if it had to be killed. */
+static int
 stop_pid (pid_t pid)
 {
   if (pid <= 0)
-    return;
+    return 0;
   kill (pid, SIGCONT);
   kill (pid, SIGTERM);
   for (int i = 0; i < 100; i++) {
-    int st;
+    int st = 0;
     pid_t r = waitpid (pid, &st, WNOHANG);
     if (r == pid || (r < 0 && errno == ECHILD)) {
       if (r < 0 && kill (pid, 0) == 0) {
@@ -164,14 +177,16 @@ stop_pid (pid_t pid)
         continue;
       }
       forget_kid (pid);
-      return;
+      return r == pid ? (WIFEXITED (st) ? WEXITSTATUS (st) : 128) : 0;
     }
     usleep (50000);
   }
   kill (pid, SIGKILL);
   waitpid (pid, NULL, 0);
   forget_kid (pid);
+  return -1;
 }
+
 
 static bool
 file_contains (const char *file, const char *what)
@@ -314,7 +329,20 @@ struct server {
   char conf[256];
   char uri[512];                /* over the Unix socket */
   char tcp_uri[512];            /* over TCP (altpathd) */
+  char psk[256];                /* altpathd with TLS: its PSK file, whose
+                                   identity "alice" the client uses; the
+                                   TCP listener then requires TLS */
 };
+
+/* altpathd must stop cleanly (and, under the sanitizers, without a
+ * report: those make it exit non-zero). */
+static void
+stop_altpathd (struct server *sv)
+{
+  int st = stop_pid (sv->pid);
+  if (st != 0)
+    fail_msg ("altpathd exited with status %d; see %s", st, sv->log);
+}
 
 /* altpathd serving disk (img, or a block device over it) as
  * ALPHA$DKA100 on a Unix socket and on TCP. */
@@ -333,8 +361,11 @@ start_altpathd_disk (struct server *sv, int port, const char *disk)
   assert_non_null (f);
   fprintf (f, "[node]\nname = ALPHA\n"
            "[listen]\naddress = unix:%s\n"
-           "[listen]\naddress = 127.0.0.1:%d\ntls = off\n"
-           "[port A]\n100 = %s\n", sv->sock, sv->port, disk);
+           "[listen]\naddress = 127.0.0.1:%d\ntls = %s\n"
+           "[port A]\n100 = %s\n", sv->sock, sv->port,
+           sv->psk[0] ? "require" : "off", disk);
+  if (sv->psk[0])
+    fprintf (f, "[tls]\npsk-file = %s\n", sv->psk);
   fclose (f);
   if (truncate (sv->log, 0) < 0 && errno != ENOENT)
     note ("cannot truncate %s", sv->log);
@@ -358,6 +389,23 @@ static void
 start_altpathd (struct server *sv, int port)
 {
   start_altpathd_disk (sv, port, img);
+}
+
+/* A PSK file with the identity alice, for altpathd and the client. */
+static bool
+make_psk (struct server *sv)
+{
+  char cmd[600];
+  if (!have_prog ("psktool"))
+    return false;
+  snprintf (sv->psk, sizeof sv->psk, "%s/keys.psk", tmpdir);
+  snprintf (cmd, sizeof cmd, "psktool -u alice -p '%s' > /dev/null 2>&1",
+            sv->psk);
+  if (system (cmd) != 0) {
+    sv->psk[0] = '\0';
+    return false;
+  }
+  return true;
 }
 
 static void
@@ -425,7 +473,8 @@ start_nbd_server (struct server *sv)
 /* --------------------------------------------------------------- units */
 
 static struct ap_path *
-open_served (const char *uri, unsigned deadline_ms, unsigned fence_wait_ms)
+open_served_tls (const char *uri, unsigned deadline_ms,
+                 unsigned fence_wait_ms, const char *psk)
 {
   struct ap_served_options o = {
     .name = "served",
@@ -433,11 +482,19 @@ open_served (const char *uri, unsigned deadline_ms, unsigned fence_wait_ms)
     .deadline_ms = deadline_ms,
     .fence_wait_ms = fence_wait_ms,
     .connect_timeout_ms = 3000,
+    .tls_psk_file = psk,
+    .tls_username = psk ? "alice" : NULL,
   };
   struct ap_path *p = ap_path_open_served (&o);
   if (!p)
     fail_msg ("ap_path_open_served (%s): %s", uri, ap_get_error ());
   return p;
+}
+
+static struct ap_path *
+open_served (const char *uri, unsigned deadline_ms, unsigned fence_wait_ms)
+{
+  return open_served_tls (uri, deadline_ms, fence_wait_ms, NULL);
 }
 
 static struct ap_unit *
@@ -609,9 +666,10 @@ io_suite (struct ap_unit *u)
 
 /* A unit over one served path to uri; the I/O suite; what it agreed. */
 static void
-peer_case (const char *uri, unsigned want_conns, bool want_deadline)
+peer_case_tls (const char *uri, unsigned want_conns, bool want_deadline,
+               const char *psk)
 {
-  struct ap_path *p = open_served (uri, 1000, 0);
+  struct ap_path *p = open_served_tls (uri, 1000, 0, psk);
   struct ap_served_state st;
   struct ap_path_info info;
 
@@ -634,60 +692,81 @@ peer_case (const char *uri, unsigned want_conns, bool want_deadline)
 }
 
 static void
-test_altpathd_unix (void **state)
+peer_case (const char *uri, unsigned want_conns, bool want_deadline)
+{
+  peer_case_tls (uri, want_conns, want_deadline, NULL);
+}
+
+/* How a peer case reaches altpathd. */
+enum via { VIA_UNIX, VIA_TCP, VIA_TLS };
+
+/* altpathd (on a free port) against peer_case: over its Unix socket, over
+ * TCP, or over TCP with TLS-PSK (skipped without psktool); then it must
+ * stop cleanly. */
+static void
+altpathd_case (enum via via, bool want_deadline)
 {
   struct server sv = { 0 };
-  if (!have_prog (altpathd_bin ()))
+  if (!have_prog (altpathd_bin ()) || (via == VIA_TLS && !make_psk (&sv)))
     skip ();
   start_altpathd (&sv, 0);
+  peer_case_tls (via == VIA_UNIX ? sv.uri : sv.tcp_uri, 2, want_deadline,
+                 via == VIA_TLS ? sv.psk : NULL);
+  stop_altpathd (&sv);
+}
+
+/* Another NBD server (the program prog, started by start) against
+ * peer_case over its Unix socket. */
+static void
+server_case (const char *prog, void (*start) (struct server *),
+             unsigned want_conns)
+{
+  struct server sv = { 0 };
+  if (!have_prog (prog))
+    skip ();
+  start (&sv);
+  peer_case (sv.uri, want_conns, false);
+  stop_pid (sv.pid);
+}
+
+static void
+test_altpathd_unix (void **state)
+{
   /* Unix sockets have no arrival stamps: altpathd does not offer the
    * deadline there, and the path falls back to fence_wait_ms. */
-  peer_case (sv.uri, 2, false);
-  stop_pid (sv.pid);
+  altpathd_case (VIA_UNIX, false);
 }
 
 static void
 test_altpathd_tcp (void **state)
 {
-  struct server sv = { 0 };
-  if (!have_prog (altpathd_bin ()))
-    skip ();
-  start_altpathd (&sv, 0);
-  peer_case (sv.tcp_uri, 2, true);
-  stop_pid (sv.pid);
+  altpathd_case (VIA_TCP, true);
+}
+
+/* TLS-PSK on TCP: the server takes arrival times through its GnuTLS pull
+ * function, so the deadline is agreed here too. */
+static void
+test_altpathd_tls (void **state)
+{
+  altpathd_case (VIA_TLS, true);
 }
 
 static void
 test_nbdkit (void **state)
 {
-  struct server sv = { 0 };
-  if (!have_prog ("nbdkit"))
-    skip ();
-  start_nbdkit (&sv);
-  peer_case (sv.uri, 2, false);          /* nbdkit offers multi-conn */
-  stop_pid (sv.pid);
+  server_case ("nbdkit", start_nbdkit, 2);      /* nbdkit offers multi-conn */
 }
 
 static void
 test_qemu_nbd (void **state)
 {
-  struct server sv = { 0 };
-  if (!have_prog ("qemu-nbd"))
-    skip ();
-  start_qemu_nbd (&sv);
-  peer_case (sv.uri, 1, false);          /* qemu-nbd: no multi-conn */
-  stop_pid (sv.pid);
+  server_case ("qemu-nbd", start_qemu_nbd, 1);  /* qemu-nbd: no multi-conn */
 }
 
 static void
 test_nbd_server (void **state)
 {
-  struct server sv = { 0 };
-  if (!have_prog ("nbd-server"))
-    skip ();
-  start_nbd_server (&sv);
-  peer_case (sv.uri, 2, false);          /* no structured replies */
-  stop_pid (sv.pid);
+  server_case ("nbd-server", start_nbd_server, 2); /* no structured replies */
 }
 
 static void
@@ -710,6 +789,135 @@ test_open_errors (void **state)
   o.deadline_ms = 50;
   assert_null (ap_path_open_served (&o));
   assert_int_equal (ap_get_errno (), EINVAL);
+}
+
+/* ---------------------------------------------------------- negotiation */
+
+struct ctx_list {
+  char names[8][128];
+  unsigned n;
+};
+
+static int
+ctx_cb (void *opaque, const char *name)
+{
+  struct ctx_list *l = opaque;
+  if (l->n < 8)
+    snprintf (l->names[l->n++], sizeof l->names[0], "%s", name);
+  return 0;
+}
+
+/* LIST_META_CONTEXT with one query (NULL: none); how many came back. */
+static unsigned
+list_ctx (struct nbd_handle *h, const char *query, struct ctx_list *l)
+{
+  l->n = 0;
+  assert_int_equal (nbd_clear_meta_contexts (h), 0);
+  if (query)
+    assert_int_equal (nbd_add_meta_context (h, query), 0);
+  if (nbd_opt_list_meta_context (h, (nbd_context_callback) {
+        .callback = ctx_cb, .user_data = l }) < 0)
+    fail_msg ("LIST_META_CONTEXT %s: %s", query ? query : "(none)",
+              nbd_get_error ());
+  return l->n;
+}
+
+static int
+extent_cb (void *opaque, const char *ctx, uint64_t off, uint32_t *ents,
+           size_t n, int *err)
+{
+  struct ctx_list *l = opaque;
+  if (l->n < 8)
+    snprintf (l->names[l->n++], sizeof l->names[0], "%s", ctx);
+  assert_true (n >= 2 && ents[1] == 0);
+  return 0;
+}
+
+static struct nbd_handle *
+opt_connect (const char *uri)
+{
+  struct nbd_handle *h = nbd_create ();
+  assert_non_null (h);
+  assert_int_equal (nbd_set_opt_mode (h, true), 0);
+  if (nbd_connect_uri (h, uri) < 0)
+    fail_msg ("connect %s: %s", uri, nbd_get_error ());
+  return h;
+}
+
+static void
+test_negotiation (void **state)
+{
+  struct server sv = { 0 };
+  struct ctx_list l;
+  static const char *const bad[] = {
+    "altpath:deadline-ms=99", "altpath:deadline-ms=600001",
+    "altpath:deadline-ms=0500", "altpath:deadline-ms=+500",
+    "altpath:deadline-ms=500 ", "altpath:deadline-ms=5x0",
+    "altpath:deadline-ms=", "altpath:deadline-ms=99999999999",
+    "altpath:deadline", "x-altpath:deadline-ms=500",
+  };
+
+  if (!have_prog (altpathd_bin ()))
+    skip ();
+  start_altpathd (&sv, 0);
+  struct nbd_handle *h = opt_connect (sv.tcp_uri);
+
+  /* LIST: "altpath:" shows the context with the default N; a valid query
+   * comes back as asked; no query lists base:allocation alone. */
+  assert_int_equal (list_ctx (h, "altpath:", &l), 1);
+  assert_string_equal (l.names[0], "altpath:deadline-ms=2000");
+  assert_int_equal (list_ctx (h, "altpath:deadline-ms=250", &l), 1);
+  assert_string_equal (l.names[0], "altpath:deadline-ms=250");
+  assert_int_equal (list_ctx (h, "altpath:deadline-ms=100", &l), 1);
+  assert_int_equal (list_ctx (h, "altpath:deadline-ms=600000", &l), 1);
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+    if (list_ctx (h, bad[i], &l) != 0)
+      fail_msg ("'%s' was listed as '%s'", bad[i], l.names[0]);
+  assert_int_equal (list_ctx (h, NULL, &l), 1);
+  assert_string_equal (l.names[0], "base:allocation");
+
+  /* SET both, then GO: both agreed, BLOCK_STATUS answers for both. */
+  assert_int_equal (nbd_clear_meta_contexts (h), 0);
+  assert_int_equal (nbd_add_meta_context (h, "base:allocation"), 0);
+  assert_int_equal (nbd_add_meta_context (h, "altpath:deadline-ms=250"), 0);
+  if (nbd_opt_go (h) < 0)
+    fail_msg ("GO: %s", nbd_get_error ());
+  assert_int_equal (nbd_can_meta_context (h, "base:allocation"), 1);
+  assert_int_equal (nbd_can_meta_context (h, "altpath:deadline-ms=250"), 1);
+  l.n = 0;
+  assert_int_equal (nbd_block_status (h, 65536, 0, (nbd_extent_callback) {
+        .callback = extent_cb, .user_data = &l }, 0), 0);
+  assert_int_equal (l.n, 2);
+  char buf[4096];
+  assert_int_equal (nbd_pread (h, buf, sizeof buf, 0, 0), 0);
+  nbd_shutdown (h, 0);
+  nbd_close (h);
+
+  /* The deadline alone (no base:allocation): agreed; block status has a
+   * chunk for it only. */
+  h = nbd_create ();
+  assert_int_equal (nbd_add_meta_context (h, "altpath:deadline-ms=800"), 0);
+  assert_int_equal (nbd_connect_uri (h, sv.tcp_uri), 0);
+  assert_int_equal (nbd_can_meta_context (h, "altpath:deadline-ms=800"), 1);
+  l.n = 0;
+  assert_int_equal (nbd_block_status (h, 4096, 0, (nbd_extent_callback) {
+        .callback = extent_cb, .user_data = &l }, 0), 0);
+  assert_int_equal (l.n, 1);
+  assert_string_equal (l.names[0], "altpath:deadline-ms=800");
+  nbd_shutdown (h, 0);
+  nbd_close (h);
+
+  /* A Unix socket has no arrival stamps: nothing offered or agreed. */
+  h = opt_connect (sv.uri);
+  assert_int_equal (list_ctx (h, "altpath:", &l), 0);
+  assert_int_equal (list_ctx (h, "altpath:deadline-ms=250", &l), 0);
+  assert_int_equal (nbd_add_meta_context (h, "base:allocation"), 0);
+  assert_int_equal (nbd_opt_go (h), 0);
+  assert_int_equal (nbd_can_meta_context (h, "altpath:deadline-ms=250"), 0);
+  assert_int_equal (nbd_can_meta_context (h, "base:allocation"), 1);
+  nbd_shutdown (h, 0);
+  nbd_close (h);
+  stop_altpathd (&sv);
 }
 
 /* ------------------------------------------------------------ reconnect */
@@ -770,8 +978,9 @@ test_reconnect (void **state)
   sleep (3);
   start_altpathd (&sv, sv.port);
   t0 = ap_now_ns ();
-  /* Bound: one backoff period (2 s), a connect, a checker round. */
-  assert_true (wait_path_state (u, "served", AP_PATH_STANDBY, 2000 + 1000
+  /* Bound: one backoff period (2 s), a connect (at most its 3 s timeout),
+   * a checker round. */
+  assert_true (wait_path_state (u, "served", AP_PATH_STANDBY, 2000 + 3000
                                 + 500));
   note ("served path back as standby %.0f ms after the restart",
         (ap_now_ns () - t0) / 1e6);
@@ -781,7 +990,7 @@ test_reconnect (void **state)
   path_status (u, "direct", &ps);
   assert_true (ps.active);
   assert_int_equal (ap_unit_close (u), 0);
-  stop_pid (sv.pid);
+  stop_altpathd (&sv);
   free (buf);
 }
 
@@ -974,7 +1183,7 @@ count_stale (uint32_t bs, uint64_t gen, unsigned *older)
  * data; *fence_ms: from the first fence to the end of the last write in
  * doubt, as the unit saw it (its longest VERIFY). */
 static unsigned
-fence_run (bool deadline, double *verify_ms, double *doubt_ms)
+fence_run (bool deadline, bool tls, double *verify_ms, double *doubt_ms)
 {
   struct server sv = { 0 };
   struct ap_served_state st;
@@ -986,18 +1195,23 @@ fence_run (bool deadline, double *verify_ms, double *doubt_ms)
    * writes to io-wq worker threads of altpathd itself, which SIGSTOP
    * freezes with them: a write started before its deadline then lands
    * seconds later, after SIGCONT.  docs/served.md, "Limits".) */
+  if (tls)
+    assert_true (make_psk (&sv));
   start_altpathd_disk (&sv, 0, loopdev);
   /* Control run: the client does not propose the deadline and treats
    * the server as a plain one whose writes are over 1 ms after the
    * close: a stale write then lands. */
   if (!deadline)
     setenv ("ALTPATH_SERVED_NO_DEADLINE", "1", 1);
-  struct ap_path *served = open_served (sv.tcp_uri, 500, deadline ? 0 : 1);
+  struct ap_path *served = open_served_tls (sv.tcp_uri, 500, deadline ? 0 : 1,
+                                            tls ? sv.psk : NULL);
   unsetenv ("ALTPATH_SERVED_NO_DEADLINE");
   ap_served_get_state (served, &st);
   assert_int_equal (st.deadline_ms, deadline ? 500 : 0);
   struct ap_path *paths[2] = { served, open_direct_disk (loopdev) };
-  struct ap_unit *u = make_unit (paths, 2, 300);
+  /* The unit gives up on a request after 1 s: short, but not so short
+   * that a loaded test machine fails the direct path too. */
+  struct ap_unit *u = make_unit (paths, 2, 1000);
   assert_int_equal (ap_unit_switch (u, "served"), 0);
 
   struct stream s = { .u = u, .bs = ap_unit_block_size (u), .gen = 1 };
@@ -1010,7 +1224,9 @@ fence_run (bool deadline, double *verify_ms, double *doubt_ms)
   usleep (300000);
   struct ap_path_status ps;
   path_status (u, "served", &ps);
-  assert_true (ps.active);
+  if (!ps.active)
+    fail_msg ("the served path is not active before the SIGSTOP: %s",
+              ps.last_error);
   /* ... the serving daemon freezes; more requests reach its socket ... */
   assert_int_equal (kill (sv.pid, SIGSTOP), 0);
   uint64_t t_stop = ap_now_ns ();
@@ -1033,11 +1249,11 @@ fence_run (bool deadline, double *verify_ms, double *doubt_ms)
   *doubt_ms = st.last_doubt_ns / 1e6;
   ap_unit_get_status (u, &us);
   *verify_ms = us.longest_verify_us / 1e3;
-  note ("%s: generation 1 on the direct path %.0f ms after SIGSTOP; "
+  note ("%s%s: generation 1 on the direct path %.0f ms after SIGSTOP; "
         "longest VERIFY %.0f ms; last write in doubt ended %.0f ms after "
         "its close; %" PRIu64 " writes, %" PRIu64 " errors",
-        deadline ? "deadline" : "control", moved_ms, *verify_ms, *doubt_ms,
-        s.written, s.errors);
+        deadline ? "deadline" : "control", tls ? " (TLS)" : "", moved_ms,
+        *verify_ms, *doubt_ms, s.written, s.errors);
   assert_true (moved);
   assert_int_equal (s.errors, 0);
 
@@ -1052,8 +1268,9 @@ fence_run (bool deadline, double *verify_ms, double *doubt_ms)
   assert_int_equal (kill (sv.pid, SIGCONT), 0);
   sleep (2);
   unsigned older, bad = count_stale (s.bs, 2, &older);
-  note ("%s: %u of %u blocks do not hold generation 2 (%u hold an older "
-        "one)", deadline ? "deadline" : "control", bad, FENCE_BLOCKS, older);
+  note ("%s%s: %u of %u blocks do not hold generation 2 (%u hold an "
+        "older one)", deadline ? "deadline" : "control", tls ? " (TLS)" : "",
+        bad, FENCE_BLOCKS, older);
   if (bad && getenv ("TEST_SERVED_KEEP")) {
     for (uint64_t i = 0; i < FENCE_BLOCKS; i++) {
       uint64_t g;
@@ -1065,8 +1282,8 @@ fence_run (bool deadline, double *verify_ms, double *doubt_ms)
   }
   assert_int_equal (bad, older);        /* no torn or foreign data */
 
-  ap_unit_close (u);
-  stop_pid (sv.pid);
+  assert_int_equal (ap_unit_close (u), 0);
+  stop_altpathd (&sv);
   free (s.bufs);
   pthread_mutex_destroy (&s.lock);
   pthread_cond_destroy (&s.cond);
@@ -1083,9 +1300,26 @@ test_fence (void **state)
     note ("no loop device (needs root and losetup): skipped");
     skip ();
   }
-  assert_int_equal (fence_run (true, &verify_ms, &doubt_ms), 0);
+  assert_int_equal (fence_run (true, false, &verify_ms, &doubt_ms), 0);
   /* The wait is the deadline and its margin: 500 + 50 + 20 ms. */
-  assert_true (doubt_ms >= 570 && doubt_ms < 570 + 300);
+  assert_true (doubt_ms >= 570 && doubt_ms < 570 + 2000);
+}
+
+/* The same through TLS: the stale requests wait in the socket as TLS
+ * records, read through the GnuTLS pull function. */
+static void
+test_fence_tls (void **state)
+{
+  double verify_ms, doubt_ms;
+  struct server probe = { 0 };
+  if (!have_prog (altpathd_bin ()) || !make_psk (&probe))
+    skip ();
+  if (!attach_loop ()) {
+    note ("no loop device (needs root and losetup): skipped");
+    skip ();
+  }
+  assert_int_equal (fence_run (true, true, &verify_ms, &doubt_ms), 0);
+  assert_true (doubt_ms >= 570 && doubt_ms < 570 + 2000);
 }
 
 static void
@@ -1098,7 +1332,7 @@ test_fence_control (void **state)
     note ("no loop device (needs root and losetup): skipped");
     skip ();
   }
-  unsigned stale = fence_run (false, &verify_ms, &doubt_ms);
+  unsigned stale = fence_run (false, false, &verify_ms, &doubt_ms);
   /* Without the deadline the burst the frozen server holds in its socket
    * lands after generation 2: the test above would see it. */
   assert_true (stale > 0);
@@ -1110,13 +1344,16 @@ main (void)
   const struct CMUnitTest tests[] = {
 #define T(f) cmocka_unit_test_setup_teardown (f, setup, teardown)
     T (test_open_errors),
+    T (test_negotiation),
     T (test_altpathd_unix),
     T (test_altpathd_tcp),
+    T (test_altpathd_tls),
     T (test_nbdkit),
     T (test_qemu_nbd),
     T (test_nbd_server),
     T (test_reconnect),
     T (test_fence),
+    T (test_fence_tls),
     T (test_fence_control),
 #undef T
   };

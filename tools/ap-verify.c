@@ -77,6 +77,7 @@
 #include <unistd.h>
 
 #include "altpath.h"
+#include "atomic-max.h"
 #include "clock.h"
 
 #define APV_MAGIC UINT64_C (0x3146495245565041) /* "APVERIF1", little end */
@@ -102,17 +103,6 @@ static uint64_t
 apv_range (uint64_t *s, uint64_t lo, uint64_t hi)
 {
   return hi <= lo ? lo : lo + apv_rand (s) % (hi - lo + 1);
-}
-
-static void
-apv_atomic_max (_Atomic uint64_t *a, uint64_t v)
-{
-  uint64_t cur = atomic_load_explicit (a, memory_order_relaxed);
-  while (v > cur
-         && !atomic_compare_exchange_weak_explicit (a, &cur, v,
-                                                    memory_order_relaxed,
-                                                    memory_order_relaxed))
-    ;
 }
 
 /* Atomically raise *a to v; returns the value before. */
@@ -742,11 +732,11 @@ apv_done (struct ap_io *io, int err)
   s->err = err;
   s->done_ns = now;
   atomic_fetch_add_explicit (&r->st.completed, 1, memory_order_relaxed);
-  apv_atomic_max (&r->st.max_lat_ns, now - s->submit_ns);
+  ap_atomic_max (&r->st.max_lat_ns, now - s->submit_ns);
   if (!atomic_load_explicit (&r->stopping, memory_order_relaxed)) {
     uint64_t last = atomic_exchange (&r->st.last_done_ns, now);
     if (now > last && now - last > atomic_load (&r->st.max_gap_ns)) {
-      apv_atomic_max (&r->st.max_gap_ns, now - last);
+      ap_atomic_max (&r->st.max_gap_ns, now - last);
       atomic_store (&r->st.gap_from_ns, last);
     }
   }
