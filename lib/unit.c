@@ -72,6 +72,7 @@ struct upath {
   bool probe_busy;
   uint64_t probe_started_ns;
   uint64_t probe_ok_ns;         /* last good probe */
+  uint64_t probe_ok_sent_ns;    /* when that probe was sent */
   struct ap_io probe;
   void *probe_buf;
 
@@ -589,6 +590,7 @@ probe_done_locked (struct ap_unit *u, struct upath *up, int err,
       return;
     }
     up->probe_ok_ns = now;
+    up->probe_ok_sent_ns = up->probe_started_ns;
     if (!up->healthy) {
       up->healthy = true;
       up->healthy_since_ns = now;
@@ -1010,7 +1012,8 @@ verify_step (struct ap_unit *u, uint64_t now)
     if (c->probe_busy)
       return wake;
     u->verify_probe = NULL;
-    if (usable (c) && c->probe_ok_ns >= u->verify_started_ns) {
+    /* Only a probe sent after the failure vouches for the candidate. */
+    if (usable (c) && c->probe_ok_sent_ns >= u->verify_started_ns) {
       activate (u, c, AP_UE_PATH_FOUND, false, "verification found a path");
       return now;
     }
