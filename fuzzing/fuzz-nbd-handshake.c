@@ -99,6 +99,9 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
   env.nexports = (cfg & 8) ? 0 : NEXPORTS;
 
   nbd_hs_init (&hs);
+  /* Half the inputs on a connection that can stamp arrivals, so the
+   * deadline context (altpath:deadline-ms=N) is offered and parsed. */
+  hs.arrival_stamps = (cfg & 16) != 0;
   if (nbd_hs_client_flags (&hs, data + pos) < 0)
     return 0;
   pos += 4;
