@@ -145,6 +145,13 @@ print_config (const struct config *cfg)
           cfg->control_explicit ? "" : " (default)",
           cfg->control_group[0] ? " and group " : " only",
           cfg->control_group);
+  if (cfg->metrics)
+    printf ("metrics http://%s%s%s:%s/metrics%s\n",
+            strchr (cfg->metrics_host, ':') ? "[" : "", cfg->metrics_host,
+            strchr (cfg->metrics_host, ':') ? "]" : "", cfg->metrics_port,
+            cfg->metrics_allow_remote ? ", remote scrapers allowed" : "");
+  else
+    printf ("metrics none (no [metrics] section)\n");
   printf ("%zu disk%s:\n", cfg->ndisks, cfg->ndisks == 1 ? "" : "s");
   for (size_t i = 0; i < cfg->ndisks; i++) {
     const struct config_disk *d = &cfg->disks[i];
@@ -196,6 +203,7 @@ struct daemon {
   struct nbd_server *server;
   struct cluster *cluster;      /* NULL: not in a cluster */
   _Atomic (struct control *) control; /* NULL: no control socket */
+  struct metrics *metrics;      /* NULL: no [metrics] */
   struct served *served;
   size_t nserved;
   int quit_pipe[2];             /* the server's quit_fd is [0] */
@@ -428,6 +436,53 @@ start_control (struct daemon *dm)
   return 0;
 }
 
+/* ------------------------------------------------------------- metrics */
+
+/* How many disks the node serves over NBD now. */
+static size_t
+view_served (void *opaque)
+{
+  struct daemon *dm = opaque;
+  pthread_mutex_lock (&dm->lock);
+  size_t n = dm->nserved;
+  pthread_mutex_unlock (&dm->lock);
+  return n;
+}
+
+static bool
+view_registry (void *opaque, bool *healthy, const char **backend,
+               size_t *config_errors)
+{
+  struct daemon *dm = opaque;
+  if (!dm->cluster)
+    return false;
+  *healthy = cluster_registry_ok (dm->cluster, backend, config_errors);
+  return true;
+}
+
+/* The metrics listener, with a [metrics] section only.  It was asked for,
+ * so failing to open it stops the start, as a listener does. */
+static int
+start_metrics (struct daemon *dm)
+{
+  if (!dm->cfg.metrics)
+    return 0;
+  struct metrics_view view = {
+    .node = dm->cfg.node, .daemon_version = "altpathd " ALTPATHD_VERSION,
+    .units = view_units, .served = view_served, .registry = view_registry,
+    .opaque = dm,
+  };
+  char err[2048];
+  dm->metrics = metrics_start (dm->cfg.metrics_host, dm->cfg.metrics_port,
+                               dm->cfg.metrics_allow_remote, &view, err,
+                               sizeof err);
+  if (!dm->metrics) {
+    log_error ("%s; not started", err);
+    return -1;
+  }
+  return 0;
+}
+
 /* --------------------------------------------------------------- reload */
 
 static bool
@@ -471,6 +526,12 @@ reload (struct daemon *dm)
       || strcmp (dm->cfg.control_group, ncfg.control_group) != 0)
     log_warn ("%s: [control] changes take effect at the next start, not "
               "on reload; the control socket stays as it is", ncfg.file);
+  if (dm->cfg.metrics != ncfg.metrics
+      || strcmp (dm->cfg.metrics_host, ncfg.metrics_host) != 0
+      || strcmp (dm->cfg.metrics_port, ncfg.metrics_port) != 0
+      || dm->cfg.metrics_allow_remote != ncfg.metrics_allow_remote)
+    log_warn ("%s: [metrics] changes take effect at the next start, not "
+              "on reload; the metrics listener stays as it is", ncfg.file);
   size_t failed = update_exports (dm, &ncfg);
   publish (dm);
   tell_cluster (dm, &ncfg);
@@ -673,6 +734,8 @@ main (int argc, char **argv)
   /* -- end of device files */
   if (start_control (&dm) < 0)
     goto out;
+  if (start_metrics (&dm) < 0)
+    goto out;
   if (dm.cfg.ndisks == 0)
     log_warn ("%s lists no disk and its globs match none; serving nothing "
               "until a reload (SIGHUP) finds some", dm.cfg.file);
@@ -709,6 +772,8 @@ main (int argc, char **argv)
   /* The control socket first: no operator's command meets a half-stopped
    * node.  (Freed last: the units may send events until they close.) */
   control_stop (atomic_load (&dm.control));
+  /* The metrics next: their threads read the units and the cluster. */
+  metrics_stop (dm.metrics);
   /* Device files before the cluster, once it no longer calls them. */
   if (dm.cluster)
     cluster_set_units_hook (dm.cluster, NULL, NULL);
