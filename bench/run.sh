@@ -17,6 +17,8 @@
 #    DESIGN.md invariant 1).
 # 4. Writes everything to bench/report/unit.md (with a description of the
 #    machine) and prints it.
+# 5. Runs bench/nbd-server.sh: altpathd's NBD server against nbdkit and
+#    qemu-nbd (its own report, bench/report/nbd-server.md; NBD=0 skips it).
 #
 # Exit status: 0 when every tool ran, whether or not a goal was met
 # (benchmarks report figures, they do not fail CI); 1 when a tool failed,
@@ -36,6 +38,8 @@
 #   WORKLOADS="..."  NAME:BS:QD list, NAME one of randread randwrite seqread
 #                    seqwrite (default "randread:4k:32 seqwrite:1M:8")
 #   REPORT=file      default bench/report/unit.md
+#   NBD=0            skip bench/nbd-server.sh (its own NBD_* variables are
+#                    described at its top)
 set -uo pipefail
 
 srcdir=$(cd "$(dirname "$0")/.." && pwd)
@@ -323,8 +327,22 @@ mkdir -p "$(dirname "$REPORT")"
 cp "$work/report.md" "$REPORT"
 cat "$REPORT"
 say "run.sh: report written to $REPORT"
-if ((failed)); then
+
+# ------------------------------------------------------------- NBD server
+# altpathd's NBD server against nbdkit and qemu-nbd: bench/nbd-server.sh,
+# with its own report (bench/report/nbd-server.md).  QUICK, RUNS and SIZE
+# pass through the environment; NBD=0 skips it.
+nbd_rc=0
+if [ "${NBD:-1}" != 0 ]; then
+  rm -f "$img"                  # the unit image is done with
+  say "run.sh: bench/nbd-server.sh (altpathd against nbdkit and qemu-nbd)"
+  BUILD=$BUILD QUICK=$QUICK bash bench/nbd-server.sh
+  nbd_rc=$?
+fi
+
+if ((failed)) || [ "$nbd_rc" = 1 ] || [ "$nbd_rc" -gt 2 ]; then
   say "run.sh: a tool failed (see above); the figures are incomplete"
   exit 1
 fi
+[ "$nbd_rc" = 2 ] && exit 2
 exit 0
