@@ -27,6 +27,7 @@
 #include <limits.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -105,8 +106,11 @@ struct cluster {
   pthread_mutex_t units_lock;
   struct lunit *units;
   size_t nunits;
-  ap_event_fn *event_hook;      /* the control socket's watchers */
-  void *event_opaque;
+  /* The control socket's watchers: set while unit threads may read it,
+   * so atomic; the opaque is stored before the function and read after
+   * it. */
+  _Atomic (ap_event_fn *) event_hook;
+  _Atomic (void *) event_opaque;
   pthread_mutex_t hook_lock;    /* held while units_hook runs */
   void (*units_hook) (void *, struct export **, size_t);
   void *units_opaque;
@@ -201,8 +205,10 @@ static void
 on_unit_event (void *opaque, const struct ap_event *e)
 {
   struct cluster *c = opaque;
-  if (c->event_hook)
-    c->event_hook (c->event_opaque, e);
+  ap_event_fn *hook = atomic_load_explicit (&c->event_hook,
+                                            memory_order_acquire);
+  if (hook)
+    hook (atomic_load_explicit (&c->event_opaque, memory_order_relaxed), e);
   switch (e->type) {
   case AP_EVENT_SWITCH:
     ap_info ("%s: now on path %s%s%s (%s)", e->unit, e->path,
@@ -1022,8 +1028,8 @@ cluster_set_units_hook (struct cluster *c,
 void
 cluster_set_event_hook (struct cluster *c, ap_event_fn *fn, void *opaque)
 {
-  c->event_opaque = opaque;
-  c->event_hook = fn;
+  atomic_store_explicit (&c->event_opaque, opaque, memory_order_relaxed);
+  atomic_store_explicit (&c->event_hook, fn, memory_order_release);
 }
 
 char *
