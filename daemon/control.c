@@ -53,6 +53,7 @@
 
 #include "clock.h"
 #include "daemon.h"
+#include "client-threads.h"
 #include "control-request.h"
 #include "log.h"
 
@@ -88,20 +89,21 @@ struct qline {
 };
 
 struct client {
+  struct ct_thread ct;          /* first: in ctl->clients (done: under
+                                   ctl->lock, the thread has finished) */
   struct control *ctl;
-  struct client *next;          /* ctl->clients */
-  pthread_t thread;
   int fd;                       /* the connection, non-blocking */
   int wake_fd;                  /* eventfd: events queued */
   uid_t uid;
   pid_t pid;
   /* Under ctl->lock: */
-  bool done;                    /* the thread has finished: join, free */
   bool watching;                /* receives events */
   struct qline *qhead, *qtail;  /* events not yet written */
   size_t qlen;
   uint64_t lost;                /* dropped since the last "lost" line */
 };
+_Static_assert (offsetof (struct client, ct) == 0,
+                "ct_reap frees a struct client through its ct");
 
 struct control {
   char path[sizeof ((struct sockaddr_un *) 0)->sun_path];
@@ -119,8 +121,8 @@ struct control {
   atomic_uint nwatchers;        /* a fast "nobody listens" for events */
 
   pthread_mutex_t lock;         /* the fields below; a leaf (see top) */
-  struct client *clients;
-  unsigned nclients;
+  struct ct_set clients;        /* of struct client, at most
+                                   CONTROL_MAX_CLIENTS */
   bool stopping;
 };
 
@@ -642,7 +644,9 @@ control_event (void *opaque, const struct ap_event *ev)
     return;
 
   pthread_mutex_lock (&ctl->lock);
-  for (struct client *cl = ctl->clients; cl && !ctl->stopping; cl = cl->next) {
+  for (struct ct_thread *t = ctl->clients.head; t && !ctl->stopping;
+       t = t->next) {
+    struct client *cl = (struct client *) t;
     if (!cl->watching)
       continue;
     struct qline *q = NULL;
@@ -855,7 +859,7 @@ client_thread (void *arg)
   cl->fd = -1;
   close (cl->wake_fd);
   cl->wake_fd = -1;
-  cl->done = true;
+  cl->ct.done = true;
   pthread_mutex_unlock (&ctl->lock);
   return NULL;
 }
@@ -889,33 +893,6 @@ peer_allowed (struct control *ctl, int fd, struct ucred *cr)
   if (groups != small)
     free (groups);
   return ok;
-}
-
-/* Join and free the clients whose threads have finished (all of them
- * when stopping). */
-static void
-reap (struct control *ctl, bool all)
-{
-  struct client *gone = NULL;
-  pthread_mutex_lock (&ctl->lock);
-  for (struct client **pp = &ctl->clients; *pp;) {
-    struct client *cl = *pp;
-    if (all || cl->done) {
-      *pp = cl->next;
-      cl->next = gone;
-      gone = cl;
-      ctl->nclients--;
-    }
-    else
-      pp = &cl->next;
-  }
-  pthread_mutex_unlock (&ctl->lock);
-  while (gone) {
-    struct client *cl = gone;
-    gone = cl->next;
-    pthread_join (cl->thread, NULL);
-    free (cl);
-  }
 }
 
 static void
@@ -952,50 +929,32 @@ accept_one (struct control *ctl)
 
   struct client *cl = calloc (1, sizeof *cl);
   int wake = eventfd (0, EFD_NONBLOCK | EFD_CLOEXEC);
-  pthread_mutex_lock (&ctl->lock);
-  bool full = ctl->nclients >= CONTROL_MAX_CLIENTS;
-  if (!full && cl && wake >= 0) {
+  bool ok = cl && wake >= 0;
+  if (ok) {
     cl->ctl = ctl;
     cl->fd = fd;
     cl->wake_fd = wake;
     cl->uid = cr.uid;
     cl->pid = cr.pid;
-    cl->next = ctl->clients;
-    ctl->clients = cl;
-    ctl->nclients++;
   }
-  pthread_mutex_unlock (&ctl->lock);
-  if (full || !cl || wake < 0) {
-    if (full)
-      send_now (fd, reply_error ("EBUSY", "altpathd is serving %d control "
-                                 "clients already; try again when one has "
-                                 "finished", CONTROL_MAX_CLIENTS));
-    else
-      send_now (fd, reply_error ("ENOMEM", "altpathd is out of memory or "
-                                 "file descriptors; try again"));
-    free (cl);
-    if (wake >= 0)
-      close (wake);
-    close (fd);
+  int r = ct_start (&ctl->clients, ok ? &cl->ct : NULL, client_thread, cl);
+  if (r == 0)
     return;
-  }
-  int r = pthread_create (&cl->thread, NULL, client_thread, cl);
-  if (r != 0) {
-    pthread_mutex_lock (&ctl->lock);
-    for (struct client **pp = &ctl->clients; *pp; pp = &(*pp)->next)
-      if (*pp == cl) {
-        *pp = cl->next;
-        break;
-      }
-    ctl->nclients--;
-    pthread_mutex_unlock (&ctl->lock);
+  if (r == CT_FULL)
+    send_now (fd, reply_error ("EBUSY", "altpathd is serving %d control "
+                               "clients already; try again when one has "
+                               "finished", CONTROL_MAX_CLIENTS));
+  else if (r == CT_NOMEM)
+    send_now (fd, reply_error ("ENOMEM", "altpathd is out of memory or "
+                               "file descriptors; try again"));
+  else
     send_now (fd, reply_error ("EAGAIN", "altpathd cannot start a thread "
                                "for this client (%s); try again",
                                strerror (r)));
-    close (fd);
+  free (cl);
+  if (wake >= 0)
     close (wake);
-    free (cl);
-  }
+  close (fd);
 }
 
 static void *
@@ -1016,7 +975,7 @@ acceptor_thread (void *arg)
     }
     if (r > 0 && pfd[1].revents)
       break;
-    reap (ctl, false);
+    ct_reap (&ctl->clients, false);
     if (r > 0 && pfd[0].revents)
       accept_one (ctl);
   }
@@ -1157,6 +1116,8 @@ control_start (const char *path, const char *group,
   ctl->listen_fd = -1;
   ctl->stop_pipe[0] = ctl->stop_pipe[1] = -1;
   pthread_mutex_init (&ctl->lock, NULL);
+  ctl->clients = (struct ct_set) { .lock = &ctl->lock,
+                                   .max = CONTROL_MAX_CLIENTS };
   atomic_init (&ctl->nwatchers, 0);
   ctl->view = *view;
   snprintf (ctl->node, sizeof ctl->node, "%s", view->node ? view->node : "");
@@ -1236,7 +1197,7 @@ control_stop (struct control *ctl)
   ctl->listen_fd = -1;
   /* Every client thread sees the stop pipe; one in a handler finishes
    * it first (bounded by the library's own timeouts). */
-  reap (ctl, true);
+  ct_reap (&ctl->clients, true);
 }
 
 void

@@ -48,6 +48,7 @@
 #include <unistd.h>
 
 #include "daemon.h"
+#include "client-threads.h"
 #include "log.h"
 
 /* Limits (a test may define smaller ones before including this file). */
@@ -76,15 +77,15 @@
 #define LAT_LAST  25
 
 struct client {
+  struct ct_thread ct;          /* first: in m->clients (done: under
+                                   m->lock, the thread has finished) */
   struct metrics *m;
-  struct client *next;          /* m->clients */
-  pthread_t thread;
   int fd;                       /* the connection, non-blocking */
   uint64_t accepted_ns;         /* READ_TIMEOUT_MS counts from here */
   char addr[INET6_ADDRSTRLEN + 8]; /* the peer, for debug lines */
-  bool done;                    /* under m->lock: the thread has
-                                   finished; join, free */
 };
+_Static_assert (offsetof (struct client, ct) == 0,
+                "ct_reap frees a struct client through its ct");
 
 struct metrics {
   char where[300];              /* host:port, for messages */
@@ -97,8 +98,8 @@ struct metrics {
   bool acceptor_started;
 
   pthread_mutex_t lock;         /* the fields below; a leaf (see top) */
-  struct client *clients;
-  unsigned nclients;
+  struct ct_set clients;        /* of struct client, at most
+                                   METRICS_MAX_CLIENTS */
 };
 
 static uint64_t
@@ -786,36 +787,9 @@ client_thread (void *arg)
   linger_close (m, cl->fd);
   pthread_mutex_lock (&m->lock);
   cl->fd = -1;
-  cl->done = true;
+  cl->ct.done = true;
   pthread_mutex_unlock (&m->lock);
   return NULL;
-}
-
-/* Join and free the clients whose threads have finished (all of them
- * when stopping). */
-static void
-reap (struct metrics *m, bool all)
-{
-  struct client *gone = NULL;
-  pthread_mutex_lock (&m->lock);
-  for (struct client **pp = &m->clients; *pp;) {
-    struct client *cl = *pp;
-    if (all || cl->done) {
-      *pp = cl->next;
-      cl->next = gone;
-      gone = cl;
-      m->nclients--;
-    }
-    else
-      pp = &cl->next;
-  }
-  pthread_mutex_unlock (&m->lock);
-  while (gone) {
-    struct client *cl = gone;
-    gone = cl->next;
-    pthread_join (cl->thread, NULL);
-    free (cl);
-  }
 }
 
 /* An error reply to a client that gets no thread: best effort, never
@@ -870,38 +844,23 @@ accept_one (struct metrics *m)
     return;
   }
   struct client *cl = calloc (1, sizeof *cl);
-  pthread_mutex_lock (&m->lock);
-  bool full = m->nclients >= METRICS_MAX_CLIENTS;
-  if (!full && cl) {
+  if (cl) {
     cl->m = m;
     cl->fd = fd;
     cl->accepted_ns = mono_ns ();
     peer_string (&sa, cl->addr, sizeof cl->addr);
-    cl->next = m->clients;
-    m->clients = cl;
-    m->nclients++;
   }
-  pthread_mutex_unlock (&m->lock);
-  if (full || !cl) {
-    refuse_now (fd, full ? 503 : 500, full ? "too many scrapes at once; "
-                "try again" : "out of memory; try again");
-    free (cl);
+  int r = ct_start (&m->clients, cl ? &cl->ct : NULL, client_thread, cl);
+  if (r == 0)
     return;
-  }
-  int r = pthread_create (&cl->thread, NULL, client_thread, cl);
-  if (r != 0) {
-    pthread_mutex_lock (&m->lock);
-    for (struct client **pp = &m->clients; *pp; pp = &(*pp)->next)
-      if (*pp == cl) {
-        *pp = cl->next;
-        break;
-      }
-    m->nclients--;
-    pthread_mutex_unlock (&m->lock);
+  if (r == CT_FULL)
+    refuse_now (fd, 503, "too many scrapes at once; try again");
+  else if (r == CT_NOMEM)
+    refuse_now (fd, 500, "out of memory; try again");
+  else
     refuse_now (fd, 503, "cannot start a thread for this request; try "
                 "again");
-    free (cl);
-  }
+  free (cl);
 }
 
 static void *
@@ -922,7 +881,7 @@ acceptor_thread (void *arg)
     }
     if (r > 0 && pfd[1].revents)
       break;
-    reap (m, false);
+    ct_reap (&m->clients, false);
     if (r > 0 && pfd[0].revents)
       accept_one (m);
   }
@@ -1020,6 +979,8 @@ metrics_start (const char *host, const char *port, bool allow_remote,
   m->listen_fd = -1;
   m->stop_pipe[0] = m->stop_pipe[1] = -1;
   pthread_mutex_init (&m->lock, NULL);
+  m->clients = (struct ct_set) { .lock = &m->lock,
+                                 .max = METRICS_MAX_CLIENTS };
   m->view = *view;
   snprintf (m->node, sizeof m->node, "%s", view->node ? view->node : "");
   snprintf (m->daemon_version, sizeof m->daemon_version, "%s",
@@ -1070,7 +1031,7 @@ metrics_stop (struct metrics *m)
   close (m->listen_fd);
   /* Every client thread sees the stop pipe in its next wait; one that is
    * rendering finishes that first (a few locks of the units, briefly). */
-  reap (m, true);
+  ct_reap (&m->clients, true);
   for (int i = 0; i < 2; i++)
     close (m->stop_pipe[i]);
   pthread_mutex_destroy (&m->lock);
