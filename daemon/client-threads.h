@@ -13,9 +13,14 @@
 #ifndef ALTPATHD_CLIENT_THREADS_H
 #define ALTPATHD_CLIENT_THREADS_H
 
+#include <errno.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdlib.h>
+#include <sys/socket.h>
+
+#include "clock.h"
 
 struct ct_thread {
   struct ct_thread *next;       /* the set's list */
@@ -92,6 +97,39 @@ ct_reap (struct ct_set *s, bool all)
     pthread_join (t->thread, NULL);
     free (t);                   /* the connection's struct: t is first */
   }
+}
+
+/* Write all of buf to a client's non-blocking socket, waiting for room
+ * until deadline_ns (CLOCK_MONOTONIC) at most, and giving up at once when
+ * stop_fd becomes readable (the owner is stopping).  0, or -1: the client
+ * does not read, is gone, or we stop. */
+static inline int
+ct_send_all (int fd, const char *buf, size_t len, uint64_t deadline_ns,
+             int stop_fd)
+{
+  while (len) {
+    ssize_t n = send (fd, buf, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n > 0) {
+      buf += n;
+      len -= (size_t) n;
+      continue;
+    }
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n < 0 && errno != EAGAIN)
+      return -1;
+    uint64_t now = ap_now_ns ();
+    if (now >= deadline_ns)
+      return -1;                /* a client that does not read */
+    struct pollfd pfd[2] = { { .fd = fd, .events = POLLOUT },
+                             { .fd = stop_fd, .events = POLLIN } };
+    int r = poll (pfd, 2, (int) ((deadline_ns - now) / 1000000u) + 1);
+    if (r < 0 && errno != EINTR)
+      return -1;
+    if (r > 0 && pfd[1].revents)
+      return -1;
+  }
+  return 0;
 }
 
 #endif

@@ -186,30 +186,9 @@ to_line (json_object *o, size_t *len)
 static int
 send_all (struct control *ctl, int fd, const char *buf, size_t len)
 {
-  uint64_t deadline = ap_now_ns () + (uint64_t) WRITE_TIMEOUT_MS * 1000000u;
-  while (len) {
-    ssize_t n = send (fd, buf, len, MSG_NOSIGNAL | MSG_DONTWAIT);
-    if (n > 0) {
-      buf += n;
-      len -= (size_t) n;
-      continue;
-    }
-    if (n < 0 && errno == EINTR)
-      continue;
-    if (n < 0 && errno != EAGAIN)
-      return -1;
-    uint64_t now = ap_now_ns ();
-    if (now >= deadline)
-      return -1;                /* a client that does not read */
-    struct pollfd pfd[2] = { { .fd = fd, .events = POLLOUT },
-                             { .fd = ctl->stop_pipe[0], .events = POLLIN } };
-    int r = poll (pfd, 2, (int) ((deadline - now) / 1000000u) + 1);
-    if (r < 0 && errno != EINTR)
-      return -1;
-    if (r > 0 && pfd[1].revents)
-      return -1;
-  }
-  return 0;
+  return ct_send_all (fd, buf, len, ap_now_ns ()
+                      + (uint64_t) WRITE_TIMEOUT_MS * 1000000u,
+                      ctl->stop_pipe[0]);
 }
 
 static int

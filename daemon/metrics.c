@@ -47,6 +47,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "daemon.h"
 #include "client-threads.h"
 #include "log.h"
@@ -102,13 +103,6 @@ struct metrics {
                                    METRICS_MAX_CLIENTS */
 };
 
-static uint64_t
-mono_ns (void)
-{
-  struct timespec ts;
-  clock_gettime (CLOCK_MONOTONIC, &ts);
-  return (uint64_t) ts.tv_sec * 1000000000u + (uint64_t) ts.tv_nsec;
-}
 
 /* --------------------------------------------------------------- output */
 
@@ -519,29 +513,7 @@ static int
 send_all (struct metrics *m, int fd, const char *buf, size_t len,
           uint64_t deadline)
 {
-  while (len) {
-    ssize_t n = send (fd, buf, len, MSG_NOSIGNAL | MSG_DONTWAIT);
-    if (n > 0) {
-      buf += n;
-      len -= (size_t) n;
-      continue;
-    }
-    if (n < 0 && errno == EINTR)
-      continue;
-    if (n < 0 && errno != EAGAIN)
-      return -1;
-    uint64_t now = mono_ns ();
-    if (now >= deadline)
-      return -1;                /* a client that does not read */
-    struct pollfd pfd[2] = { { .fd = fd, .events = POLLOUT },
-                             { .fd = m->stop_pipe[0], .events = POLLIN } };
-    int r = poll (pfd, 2, (int) ((deadline - now) / 1000000u) + 1);
-    if (r < 0 && errno != EINTR)
-      return -1;
-    if (r > 0 && pfd[1].revents)
-      return -1;
-  }
-  return 0;
+  return ct_send_all (fd, buf, len, deadline, m->stop_pipe[0]);
 }
 
 static const char *
@@ -614,7 +586,7 @@ read_head (struct client *cl, char *buf, size_t *have)
       }
     if (len == REQUEST_MAX)
       return 431;
-    uint64_t now = mono_ns ();
+    uint64_t now = ap_now_ns ();
     if (now >= deadline)
       return len ? 408 : -1;    /* a silent connection gets nothing */
     struct pollfd pfd[2] = { { .fd = cl->fd, .events = POLLIN },
@@ -647,10 +619,10 @@ linger_close (struct metrics *m, int fd)
 {
   char sink[16384];
   size_t dropped = 0;
-  uint64_t deadline = mono_ns () + (uint64_t) LINGER_MS * 1000000u;
+  uint64_t deadline = ap_now_ns () + (uint64_t) LINGER_MS * 1000000u;
   shutdown (fd, SHUT_WR);
   while (dropped < LINGER_MAX) {
-    uint64_t now = mono_ns ();
+    uint64_t now = ap_now_ns ();
     if (now >= deadline)
       break;
     struct pollfd pfd[2] = { { .fd = fd, .events = POLLIN },
@@ -698,7 +670,7 @@ static void
 serve (struct client *cl, char *buf, size_t len)
 {
   struct metrics *m = cl->m;
-  uint64_t wdeadline = mono_ns () + (uint64_t) WRITE_TIMEOUT_MS * 1000000u;
+  uint64_t wdeadline = ap_now_ns () + (uint64_t) WRITE_TIMEOUT_MS * 1000000u;
 
   /* The request line: METHOD SP TARGET SP HTTP/1.x */
   char *eol = memchr (buf, '\n', len);
@@ -764,11 +736,11 @@ client_thread (void *arg)
 
   if (!buf)
     send_error (m, cl->fd, 500, false, "out of memory; try again",
-                mono_ns () + (uint64_t) WRITE_TIMEOUT_MS * 1000000u);
+                ap_now_ns () + (uint64_t) WRITE_TIMEOUT_MS * 1000000u);
   else {
     size_t len = 0;
     int r = read_head (cl, buf, &len);
-    uint64_t wdeadline = mono_ns ()
+    uint64_t wdeadline = ap_now_ns ()
       + (uint64_t) WRITE_TIMEOUT_MS * 1000000u;
     if (r == 0)
       serve (cl, buf, len);
@@ -847,7 +819,7 @@ accept_one (struct metrics *m)
   if (cl) {
     cl->m = m;
     cl->fd = fd;
-    cl->accepted_ns = mono_ns ();
+    cl->accepted_ns = ap_now_ns ();
     peer_string (&sa, cl->addr, sizeof cl->addr);
   }
   int r = ct_start (&m->clients, cl ? &cl->ct : NULL, client_thread, cl);
