@@ -178,6 +178,22 @@ for d in '$4$DKB100' '$4$DKB101' '$4$DKB102'; do
   wait_active C "$d" 'served:*' 10
 done
 log "every node has its three units: A and B direct, C served"
+# Invariant 5: C reaches every disk only served, so it must never serve
+# one: no unit anywhere may have a path through C, and C publishes none.
+for n in A B C; do
+  for d in '$4$DKB100' '$4$DKB101' '$4$DKB102'; do
+    reply=$("$BUILD/altpath" --socket "$T/$n.ctl" --json show device "$d" 2>&1)
+    grep -q '"ok":true' <<< "$reply" || fail "show device $d on $n: $reply"
+    grep -q '"served:C"' <<< "$reply" && fail "unit $d on node $n has a path through C"
+  done
+done
+"$BUILD/altpath" --socket "$T/C.ctl" --json show cluster 2> /dev/null \
+  | /usr/bin/python3 -c 'import json,sys
+r = json.load(sys.stdin); c = r.get("cluster", r)
+sys.exit(not r.get("ok") or "disks" not in c
+         or any(d.get("served_by") == "C" for d in c["disks"]))' \
+  || fail "node C publishes a disk it reaches only served"
+log "nothing is served through C, which reaches every disk only served"
 tcp=$(nbdinfo --list --json nbd://127.0.0.1:10913 2> /dev/null | grep -c '"export-name"')
 [ "$tcp" = 3 ] || fail "C's units on loopback TCP (local-tcp): $tcp exports, want 3"
 log "C also exports its units on loopback TCP (local-tcp)"
