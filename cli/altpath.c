@@ -381,25 +381,15 @@ simple_call (const char *cmd, const char *device, const char *path,
 
 /* -------------------------------------------------------------- commands */
 
+/* The first path of unit whose boolean field flag ("active",
+ * "preferred") is true, or NULL. */
 static json_object *
-active_path (json_object *unit)
+path_with (json_object *unit, const char *flag)
 {
   json_object *paths = jobj (unit, "paths");
   for (size_t i = 0; i < jlen (paths); i++) {
     json_object *p = json_object_array_get_idx (paths, i);
-    if (jbool (p, "active"))
-      return p;
-  }
-  return NULL;
-}
-
-static json_object *
-preferred_path (json_object *unit)
-{
-  json_object *paths = jobj (unit, "paths");
-  for (size_t i = 0; i < jlen (paths); i++) {
-    json_object *p = json_object_array_get_idx (paths, i);
-    if (jbool (p, "preferred"))
+    if (jbool (p, flag))
       return p;
   }
   return NULL;
@@ -434,7 +424,7 @@ cmd_show_devices (void)
       if (strcmp (s, "active") == 0 || strcmp (s, "standby") == 0)
         up++;
     }
-    json_object *a = active_path (u);
+    json_object *a = path_with (u, "active");
     char cur[AP_NAME_MAX + 16], nup[32], ops[32], errs[32];
     snprintf (cur, sizeof cur, "%s%s", a ? jstr (a, "name") : "-",
               a && jbool (a, "pinned") ? " (pinned)" : "");
@@ -516,7 +506,7 @@ static void
 print_device_full (json_object *r, json_object *u)
 {
   char size[32], t[64], v[32];
-  json_object *a = active_path (u), *pref = preferred_path (u);
+  json_object *a = path_with (u, "active"), *pref = path_with (u, "preferred");
 
   printf ("Device %s on node %s, is %s\n\n", jstr (u, "name"),
           jstr (r, "node"), jstr (u, "state"));
@@ -561,7 +551,7 @@ static void
 print_device (json_object *r, json_object *u)
 {
   char size[32], t[64];
-  json_object *a = active_path (u), *pref = preferred_path (u);
+  json_object *a = path_with (u, "active"), *pref = path_with (u, "preferred");
 
   fmt_size (size, sizeof size, juint (u, "size"));
   printf ("%s on node %s: %s, %s (%" PRIu64 "-byte blocks)\n",
@@ -739,7 +729,7 @@ cmd_change (enum change what, const char *device, const char *path)
   json_object *u = jobj (r, "device");
   const char *dev = jstr (u, "name")[0] ? jstr (u, "name") : device;
   const char *p = jstr (r, "path")[0] ? jstr (r, "path") : path;
-  json_object *a = active_path (u), *pref = preferred_path (u);
+  json_object *a = path_with (u, "active"), *pref = path_with (u, "preferred");
   const char *cur = a ? jstr (a, "name") : "none";
   switch (what) {
   case CH_SWITCH:

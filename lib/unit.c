@@ -1595,21 +1595,40 @@ admin_wait_ns (struct ap_unit *u)
   return 2 * AP_MS (u->opt.request_timeout_ms) + AP_MS (1000);
 }
 
-int
-ap_unit_remove_path (struct ap_unit *u, const char *name)
+/* The path an operator's command names, with the lock held; NULL (lock
+ * dropped, error set) if the unit has no such path. */
+static struct upath *
+admin_path_locked (struct ap_unit *u, const char *name)
 {
   pthread_mutex_lock (&u->lock);
   struct upath *up = find_path (u, name);
   if (!up) {
     pthread_mutex_unlock (&u->lock);
-    return no_such_path (u, name);
+    no_such_path (u, name);
   }
-  if (up == u->active && !best_path (u, up)) {
-    pthread_mutex_unlock (&u->lock);
-    return ap_set_error (EBUSY, "path %s is the last usable path of unit "
-                         "%s; add or enable another path before removing "
-                         "it", name, u->name);
-  }
+  return up;
+}
+
+/* Taking up out of use (verb) would leave the unit no path: refuse, drop
+ * the lock and return true. */
+static bool
+refuse_last_locked (struct ap_unit *u, struct upath *up, const char *verb)
+{
+  if (up != u->active || best_path (u, up))
+    return false;
+  pthread_mutex_unlock (&u->lock);
+  ap_set_error (EBUSY, "path %s is the last usable path of unit %s; add or "
+                "enable another path before %s it", up->path->info.name,
+                u->name, verb);
+  return true;
+}
+
+int
+ap_unit_remove_path (struct ap_unit *u, const char *name)
+{
+  struct upath *up = admin_path_locked (u, name);
+  if (!up || refuse_last_locked (u, up, "removing"))
+    return -1;
   up->removing = true;
   if (up == u->pinned)
     u->pinned = NULL;
@@ -1627,22 +1646,15 @@ ap_unit_remove_path (struct ap_unit *u, const char *name)
 int
 ap_unit_disable_path (struct ap_unit *u, const char *name)
 {
-  pthread_mutex_lock (&u->lock);
-  struct upath *up = find_path (u, name);
-  if (!up) {
-    pthread_mutex_unlock (&u->lock);
-    return no_such_path (u, name);
-  }
+  struct upath *up = admin_path_locked (u, name);
+  if (!up)
+    return -1;
   if (!up->enabled) {
     pthread_mutex_unlock (&u->lock);
     return 0;
   }
-  if (up == u->active && !best_path (u, up)) {
-    pthread_mutex_unlock (&u->lock);
-    return ap_set_error (EBUSY, "path %s is the last usable path of unit "
-                         "%s; enable or add another path before disabling "
-                         "it", name, u->name);
-  }
+  if (refuse_last_locked (u, up, "disabling"))
+    return -1;
   up->enabled = false;
   if (up == u->pinned)
     u->pinned = NULL;
@@ -1662,12 +1674,9 @@ ap_unit_disable_path (struct ap_unit *u, const char *name)
 int
 ap_unit_enable_path (struct ap_unit *u, const char *name)
 {
-  pthread_mutex_lock (&u->lock);
-  struct upath *up = find_path (u, name);
-  if (!up) {
-    pthread_mutex_unlock (&u->lock);
-    return no_such_path (u, name);
-  }
+  struct upath *up = admin_path_locked (u, name);
+  if (!up)
+    return -1;
   if (!up->enabled) {
     up->enabled = true;
     /* Probe before use; once it answers, treat it like a path that just
