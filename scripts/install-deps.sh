@@ -53,8 +53,12 @@ system_tools=(util-linux e2fsprogs iproute2 valgrind)
 # --- fuzzing: clang with libFuzzer (fuzzing/run.sh).
 fuzz_tools=(clang)
 
+# --- the benchmark report's plots (bench/report/*.png; gnuplot's pngcairo
+#     terminal, without X).
+report_tools=(gnuplot-nox)
+
 ALL=("${build_tools[@]}" "${libraries[@]}" "${peer_tools[@]}" "${system_tools[@]}"
-     "${fuzz_tools[@]}" "${cluster_tools[@]}")
+     "${fuzz_tools[@]}" "${cluster_tools[@]}" "${report_tools[@]}")
 
 mode=install
 case "${1:-}" in
