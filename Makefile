@@ -4,6 +4,11 @@
 #   make check        install missing packages, build, run every test
 #   make demo         install missing packages, build, run demo/demo.sh
 #   make bench        install missing packages, build, run bench/run.sh
+#                     (QUICK=1: the short version CI runs)
+#   make soak         install missing packages, build, run soak/run.sh: the
+#                     three-node cluster under a seeded fault schedule
+#                     (DURATION=10m by default; SEED=n replays a schedule)
+#   make fuzz         every fuzz target (fuzzing/run.sh), FUZZ_SECONDS each
 #   make deps         install missing Debian packages (scripts/install-deps.sh)
 #   make clean        remove build/ and build-asan/
 #   make help         this text
@@ -127,7 +132,8 @@ endif
 # ---------------------------------------------------------------- targets
 .DEFAULT_GOAL := all
 .PHONY: all lib programs test-programs bench-programs \
-        check run-check demo run-demo bench run-bench fuzz deps clean help
+        check run-check demo run-demo bench run-bench soak run-soak fuzz deps \
+        clean help
 
 all: lib programs test-programs bench-programs
 lib: $(LIBA) $(LIBSO)
@@ -166,6 +172,19 @@ bench:
 run-bench: lib programs bench-programs
 	@BUILD=$(ABS_B) PATH=$(ABS_B):$(ABS_B)/bench:$$PATH bash bench/run.sh
 
+soak:
+	@if [ ! -f soak/run.sh ]; then \
+	  echo "make soak: soak/run.sh does not exist yet" >&2; \
+	  exit 1; \
+	fi
+	@bash scripts/install-deps.sh
+	@$(MAKE) --no-print-directory run-soak
+
+DURATION ?= 10m
+run-soak: lib programs
+	@BUILD=$(ABS_B) DURATION=$(DURATION) SEED=$(SEED) PATH=$(ABS_B):$$PATH \
+	  bash soak/run.sh
+
 # Every fuzz target for FUZZ_SECONDS each (default 30; the tests run them
 # for 10 s through tests/fuzz-smoke.sh).
 fuzz: deps
@@ -185,7 +204,7 @@ help:
 # are kept in BUILDDIR/.flags, rewritten only when they differ.
 FLAGS_FILE := $(B)/.flags
 FLAGS_NOW   = $(CC) $(ALL_CFLAGS) | $(ALL_LDFLAGS) $(LIBS)
-ifeq ($(filter clean help deps check demo bench,$(MAKECMDGOALS)),)
+ifeq ($(filter clean help deps check demo bench soak,$(MAKECMDGOALS)),)
 $(shell mkdir -p $(B) && \
   { [ "$$(cat $(FLAGS_FILE) 2>/dev/null)" = '$(FLAGS_NOW)' ] || \
     printf '%s\n' '$(FLAGS_NOW)' > $(FLAGS_FILE); })
