@@ -63,6 +63,7 @@
 #include "altpath.h"
 #include "clock.h"
 #include "log.h"
+#include "nbd-bufpool.h"
 #include "nbd-handshake.h"
 #include "nbd-internal.h"
 #include "nbd-proto.h"
@@ -71,7 +72,6 @@
 
 #define RBUF_SIZE       (128u * 1024)
 #define BATCH_SLOTS     64      /* replies per writev at most */
-#define BUF_GRANULE     (64u * 1024)
 
 #ifndef container_of
 #define container_of(ptr, type, member) \
@@ -90,8 +90,10 @@ struct slot {
   const char *msg;              /* structured error message, or NULL */
   bool flush_after;             /* TRIM+FUA: a FLUSH before the reply */
   uint64_t deadline_ns;         /* CLOCK_MONOTONIC; 0: none (see top) */
-  void *buf;                    /* READ/WRITE data (aligned) */
-  size_t cap;                   /* bytes allocated at buf */
+  void *buf;                    /* READ/WRITE data, lent by the daemon's
+                                   buffer pool (nbd-bufpool.c) while the
+                                   slot is taken; NULL otherwise */
+  size_t cap;                   /* bytes at buf, to give back */
   uint8_t hdr[64];              /* reply header(s), built by the writer */
 };
 
@@ -126,9 +128,8 @@ struct nbd_conn {
   struct export *export;        /* reference held */
   struct ap_unit *unit;
   struct nbd_req_limits limits;
-  size_t align;                 /* buffer alignment */
   struct slot *slots;
-  size_t buf_total;             /* bytes in slot buffers (reader only) */
+  struct nbd_bufuser bufs;      /* our account with the buffer pool */
 
   /* Protected by lock. */
   pthread_mutex_t lock;
@@ -538,19 +539,32 @@ slot_free_locked (struct nbd_conn *c, struct slot *s)
   c->busy--;
 }
 
+/* Give a slot's buffer back to the pool (outside c->lock, which stays a
+ * leaf). */
+static void
+slot_drop_buf (struct nbd_conn *c, struct slot *s)
+{
+  nbd_bufpool_put (&c->bufs, s->buf, s->cap);
+  s->buf = NULL;
+  s->cap = 0;
+}
+
 /* Give back a slot that never reached the reply queue. */
 static void
 slot_release (struct nbd_conn *c, struct slot *s)
 {
+  slot_drop_buf (c, s);
   pthread_mutex_lock (&c->lock);
   slot_free_locked (c, s);
   pthread_cond_signal (&c->reply_cond);
   pthread_mutex_unlock (&c->lock);
 }
 
-/* A free slot whose buffer holds at least need bytes.  Waits while every
- * slot is busy, or while the buffers would go over the budget.  NULL if
- * the connection died; a slot with cap < need if memory ran out. */
+/* A free slot with a buffer of at least need bytes from the daemon's
+ * pool.  Waits while every slot is busy, or while the pool's budget is
+ * spent: the socket is then not read, which is the back-pressure on the
+ * client.  NULL if the connection died; a slot with cap < need if memory
+ * ran out. */
 static struct slot *
 slot_get (struct nbd_conn *c, size_t need)
 {
@@ -567,38 +581,16 @@ slot_get (struct nbd_conn *c, size_t need)
   c->free_list = s->next;
   c->busy++;
   pthread_mutex_unlock (&c->lock);
-  if (need <= s->cap)
+  if (need == 0)
     return s;
 
-  size_t want = (need + BUF_GRANULE - 1) / BUF_GRANULE * BUF_GRANULE;
-  /* Over budget: drop the biggest idle buffers first, else wait for
-   * requests in flight to come back. */
-  pthread_mutex_lock (&c->lock);
-  while (c->buf_total - s->cap + want > NBD_CONN_BUF_BUDGET && !c->dead) {
-    struct slot *big = NULL;
-    for (struct slot *f = c->free_list; f; f = f->next)
-      if (f->cap && (!big || f->cap > big->cap))
-        big = f;
-    if (big) {
-      free (big->buf);
-      c->buf_total -= big->cap;
-      big->buf = NULL;
-      big->cap = 0;
+  s->buf = nbd_bufpool_get (&c->bufs, need, &s->cap);
+  if (!s->buf) {
+    s->cap = 0;
+    if (c->bufs.cancelled) {    /* set only by mark_dead */
+      slot_release (c, s);
+      return NULL;
     }
-    else
-      pthread_cond_wait (&c->slot_cond, &c->lock);
-  }
-  pthread_mutex_unlock (&c->lock);
-
-  free (s->buf);
-  c->buf_total -= s->cap;
-  s->buf = NULL;
-  s->cap = 0;
-  if (posix_memalign (&s->buf, c->align, want) != 0)
-    s->buf = NULL;
-  else {
-    s->cap = want;
-    c->buf_total += want;
   }
   return s;
 }
@@ -820,6 +812,7 @@ mark_dead (struct nbd_conn *c)
   c->dead = true;
   pthread_cond_broadcast (&c->slot_cond);
   pthread_mutex_unlock (&c->lock);
+  nbd_bufpool_cancel (&c->bufs);
   if (!was) {
     /* Wake the reader if it is blocked in recv. */
     shutdown (c->fd, SHUT_RDWR);
@@ -854,7 +847,9 @@ writer_thread (void *arg)
         dead = true;
         mark_dead (c);
       }
-      /* Give the slots of this batch back. */
+      /* Give the buffers and the slots of this batch back. */
+      for (struct slot *f = first; f != s; f = f->next)
+        slot_drop_buf (c, f);
       pthread_mutex_lock (&c->lock);
       for (struct slot *f = first; f != s;) {
         struct slot *nx = f->next;
@@ -876,7 +871,12 @@ transmission_setup (struct nbd_conn *c, uint16_t tflags)
   uint32_t bs = ap_unit_block_size (c->export->unit);
 
   c->unit = c->export->unit;
-  c->align = bs > 4096 ? bs : 4096;
+  if (bs > 65536) {
+    /* The pool aligns buffers to at most 64 KiB (nbd-bufpool.h). */
+    ap_error ("nbd: %s: export '%s' has %" PRIu32 "-byte blocks; at most "
+              "65536 can be served", c->addr, c->export->name, bs);
+    return -1;
+  }
   c->limits = (struct nbd_req_limits) {
     .size = ap_unit_size (c->unit),
     .min_block = nbd_min_block (bs),
@@ -1093,7 +1093,7 @@ nbd_conn_free (struct nbd_conn *c)
     close (c->fd);
   if (c->slots) {
     for (unsigned i = 0; i < NBD_CONN_SLOTS; i++)
-      free (c->slots[i].buf);
+      slot_drop_buf (c, &c->slots[i]);
     free (c->slots);
   }
   free (c->rbuf);

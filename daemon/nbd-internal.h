@@ -24,8 +24,7 @@
 /* Requests of one connection in flight at once (a pool of slots, each with
  * its own buffer: no allocation per request). */
 #define NBD_CONN_SLOTS        128u
-/* Bytes of request buffers one connection may hold. */
-#define NBD_CONN_BUF_BUDGET   (256u * 1024 * 1024)
+/* Request buffers: one budget for the daemon (nbd-bufpool.h). */
 /* Handshake: longest wait for the client's next bytes, and for TLS. */
 #ifndef NBD_HANDSHAKE_TIMEOUT_MS
 #define NBD_HANDSHAKE_TIMEOUT_MS 30000u
