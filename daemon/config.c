@@ -725,8 +725,18 @@ handle_node (struct parser *p, const char *key, const char *value)
     p->node_alloclass_line = line;
     return 0;
   }
-  fail_key (p, line, key, "unknown key in [node]; [node] takes 'name' "
-            "and 'alloclass'");
+  if (strcmp (key, "nbd-buffer-mib") == 0) {
+    /* At least 1 MiB, so a few 256 KiB requests fit; at most 64 GiB. */
+    if (!parse_uint (value, 1, 65536, &cfg->nbd_buffer_mib)) {
+      fail_key (p, line, key, "'%s' is not a buffer budget; give the MiB "
+                "the NBD server may hold for requests in flight, 1 to "
+                "65536 (default 32)", value);
+      return -1;
+    }
+    return 0;
+  }
+  fail_key (p, line, key, "unknown key in [node]; [node] takes 'name', "
+            "'alloclass' and 'nbd-buffer-mib'");
   return -1;
 }
 

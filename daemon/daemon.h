@@ -77,6 +77,8 @@ struct config {
   char file[4096];              /* where it was read from */
   char node[64];                /* node name, e.g. ALPHA */
   unsigned node_alloclass;      /* 0: none */
+  unsigned nbd_buffer_mib;      /* the NBD server's request buffers, for
+                                   the whole daemon (nbd-bufpool.h) */
   struct config_listen *listen;
   size_t nlisten;
   /* TLS */

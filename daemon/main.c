@@ -37,6 +37,7 @@
 #include <unistd.h>
 
 #include "daemon.h"
+#include "nbd-bufpool.h"
 
 #define ALTPATHD_VERSION "0.1"
 
@@ -688,6 +689,10 @@ main (int argc, char **argv)
     .cert_dir = dm.cfg.tls_cert_dir[0] ? dm.cfg.tls_cert_dir : NULL,
     .verify_peer = dm.cfg.tls_verify_peer,
   };
+  /* Read once: a reload (SIGHUP) keeps the budget the daemon started
+   * with. */
+  if (dm.cfg.nbd_buffer_mib)
+    nbd_bufpool_set_budget ((size_t) dm.cfg.nbd_buffer_mib << 20);
   dm.server = nbd_server_new (&tls, err, sizeof err);
   if (!dm.server) {
     log_error ("%s; not started", err);
@@ -785,6 +790,14 @@ main (int argc, char **argv)
    * references; then ours, which closes the units. */
   if (dm.server)
     nbd_server_free (dm.server);
+  {
+    /* How often clients were held back: the operator's hint to raise
+     * nbd-buffer-mib (docs/configuration.md). */
+    struct nbd_bufpool_stats st;
+    nbd_bufpool_stats (&st);
+    log_info ("NBD buffers: budget %zu MiB; %lu requests waited for it",
+             st.budget >> 20, st.waits);
+  }
   for (size_t i = 0; i < dm.nserved; i++)
     export_put (dm.served[i].e);
   free (dm.served);

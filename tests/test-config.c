@@ -170,7 +170,7 @@ test_node_alloclass (void **state)
   struct config cfg;
   char err[2048];
   const char *f = write_file ("nodeclass.conf",
-    "[node]\nname = BETA\nalloclass = 7\n"
+    "[node]\nname = BETA\nalloclass = 7\nnbd-buffer-mib = 48\n"
     "[listen]\naddress = unix:/tmp/x.sock\n"
     "[port A]\n100 = /dev/null\n"
     "[port B]\nalloclass = 4\n100 = /dev/zero\n");
@@ -179,6 +179,7 @@ test_node_alloclass (void **state)
    * allocation class wins over it. */
   assert_non_null (find_disk (&cfg, "$7$DKA100"));
   assert_non_null (find_disk (&cfg, "$4$DKB100"));
+  assert_int_equal (cfg.nbd_buffer_mib, 48);
   config_free (&cfg);
 }
 
@@ -281,6 +282,10 @@ static const struct bad bad_configs[] = {
   { NODE, ".conf: no [listen] section", "nothing could connect" },
   { LISTEN, ".conf: no [node] section", "name = ALPHA" },
   { "[node]\nalloclass = 1\n" LISTEN, "line 1, section [node]", "no 'name'" },
+  { NODE "nbd-buffer-mib = 0\n" LISTEN, "line 3, key 'nbd-buffer-mib'",
+    "not a buffer budget" },
+  { NODE "nbd-buffer-mib = 32M\n" LISTEN, "line 3, key 'nbd-buffer-mib'",
+    "1 to 65536" },
   { NODE LISTEN "[tls]\npsk-file = /nonexistent/keys.psk\n",
     "line 6, key 'psk-file'", "psktool" },
   { NODE LISTEN "[tls]\ncert-dir = /nonexistent\n", "line 6, key 'cert-dir'",
