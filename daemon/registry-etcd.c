@@ -63,6 +63,9 @@
 #define RE_BUDGET_MS 2500          /* one call, over every endpoint */
 #define RE_MAX_BODY (16u << 20)    /* larger answers are refused */
 #define RE_MAX_ENDPOINTS 16
+/* The longest lease TTL taken, seconds: we ask for at most 600 s, and
+ * etcd raises a TTL only to its minimum (1.5 election timeouts). */
+#define RE_MAX_TTL 86400
 
 /* gRPC status codes that etcd's gateway passes on. */
 #define RE_GRPC_NOT_FOUND 5
@@ -155,6 +158,17 @@ re_b64_decode (const char *s, size_t *lenp)
   out[o] = '\0';
   *lenp = o;
   return out;
+}
+
+/* A base64 field of an answer (a key, a value), decoded; NULL if it is
+ * not a string (JSON null is a NULL object, whose string is NULL) or not
+ * base64. */
+static char *
+re_b64_string (json_object *v, size_t *lenp)
+{
+  if (!json_object_is_type (v, json_type_string))
+    return NULL;
+  return re_b64_decode (json_object_get_string (v), lenp);
 }
 
 /* -------------------------------------------------------------- health */
@@ -323,14 +337,16 @@ re_error_of (json_object *o, int *code, char *msg, size_t msglen)
   if (json_object_is_type (err, json_type_object)) {
     if (json_object_object_get_ex (err, "grpc_code", &v))
       *code = json_object_get_int (v);
-    snprintf (msg, msglen, "%s",
-              json_object_object_get_ex (err, "message", &v)
-              ? json_object_get_string (v) : "error");
+    const char *m = json_object_object_get_ex (err, "message", &v)
+      ? json_object_get_string (v) : NULL;
+    snprintf (msg, msglen, "%s", m ? m : "error");
     return true;
   }
   if (json_object_object_get_ex (o, "code", &v))
     *code = json_object_get_int (v);
-  snprintf (msg, msglen, "%s", json_object_get_string (err));
+  /* "error":null has no string (a NULL object). */
+  const char *m = json_object_get_string (err);
+  snprintf (msg, msglen, "%s", m ? m : "error");
   return true;
 }
 
@@ -554,6 +570,36 @@ re_put_all_locked (struct re *e, atomic_bool *cancel, char *msg,
   return 0;
 }
 
+/* The lease a grant answer ({"ID":"7587...","TTL":"3"}) gives: 0 and
+ * *id, *ttl; or -1 with msg.  Pure (fuzzed: fuzzing/fuzz-registry.c). */
+static int
+re_grant_answer (json_object *res, int64_t *id, int64_t *ttl, char *msg,
+                 size_t msglen)
+{
+  *id = re_int64 (res, "ID");
+  *ttl = re_int64 (res, "TTL");
+  json_object *v;
+  if (json_object_object_get_ex (res, "error", &v)
+      && json_object_get_string_len (v) > 0) {
+    snprintf (msg, msglen, "etcd: cannot grant a lease: %s",
+              json_object_get_string (v));
+    return -1;
+  }
+  if (*id == 0 || *ttl <= 0) {
+    snprintf (msg, msglen, "etcd: granting a lease gave no lease");
+    return -1;
+  }
+  /* The keepalive period is TTL*1000/3 ms, an int: a TTL no etcd would
+   * grant us must not overflow it. */
+  if (*ttl > RE_MAX_TTL) {
+    snprintf (msg, msglen, "etcd: granting a lease gave a TTL of %" PRId64
+              " s, more than the %d s a lease may have here", *ttl,
+              RE_MAX_TTL);
+    return -1;
+  }
+  return 0;
+}
+
 /* Grant a lease and put everything under it. */
 static int
 re_grant_locked (struct re *e, atomic_bool *cancel, char *msg, size_t msglen)
@@ -564,18 +610,10 @@ re_grant_locked (struct re *e, atomic_bool *cancel, char *msg, size_t msglen)
                               msglen);
   if (!res)
     return -1;
-  int64_t id = re_int64 (res, "ID"), ttl = re_int64 (res, "TTL");
-  json_object *v;
-  if (json_object_object_get_ex (res, "error", &v)
-      && json_object_get_string_len (v) > 0) {
-    snprintf (msg, msglen, "etcd: cannot grant a lease: %s",
-              json_object_get_string (v));
-    id = 0;
-  }
-  else if (id == 0 || ttl <= 0)
-    snprintf (msg, msglen, "etcd: granting a lease gave no lease");
+  int64_t id, ttl;
+  int rc = re_grant_answer (res, &id, &ttl, msg, msglen);
   json_object_put (res);
-  if (id == 0 || ttl <= 0) {
+  if (rc < 0) {
     errno = EPROTO;
     return -1;
   }
@@ -650,7 +688,7 @@ re_resync_locked (struct re *e, atomic_bool *cancel, char *msg, size_t msglen)
         size_t len;
         if (!json_object_object_get_ex (kv, "key", &kb))
           continue;
-        char *have = re_b64_decode (json_object_get_string (kb), &len);
+        char *have = re_b64_string (kb, &len);
         if (!have)
           continue;
         bool wanted = false;
@@ -681,6 +719,19 @@ re_resync_locked (struct re *e, atomic_bool *cancel, char *msg, size_t msglen)
 
 /* ----------------------------------------------------------- keepalive */
 
+/* The TTL a keepalive answer ({"result":{"ID":"..","TTL":"3"}}) gives
+ * the lease (> 0), or 0: the lease is gone.  Pure (fuzzed). */
+static int64_t
+re_keepalive_ttl (json_object *res)
+{
+  json_object *result;
+  int64_t ttl = 0;
+  /* Unknown lease: a result without TTL (TTL 0 is left out). */
+  if (json_object_object_get_ex (res, "result", &result))
+    ttl = re_int64 (result, "TTL");
+  return ttl > 0 ? ttl : 0;
+}
+
 /* Renew; the TTL left (> 0), 0 if the lease is gone, -1 if no answer
  * (or an error). */
 static int64_t
@@ -697,13 +748,9 @@ re_keepalive (struct re *e, int64_t lease, char *msg, size_t msglen)
       ap_debug (AP_DEBUG_CONTROL, "registry: keepalive: %s", msg);
     return -1;
   }
-  json_object *result;
-  int64_t ttl = 0;
-  /* Unknown lease: a result without TTL (TTL 0 is left out). */
-  if (json_object_object_get_ex (res, "result", &result))
-    ttl = re_int64 (result, "TTL");
+  int64_t ttl = re_keepalive_ttl (res);
   json_object_put (res);
-  return ttl > 0 ? ttl : 0;
+  return ttl;
 }
 
 static void *
@@ -1083,24 +1130,17 @@ re_del (void *be, enum reg_kind kind, const char *id)
   return rc;
 }
 
+/* The records of a range answer (etcd's JSON: {"kvs":[{"key":B64,
+ * "value":B64},...]}) under prefix, each given to fn with the node its
+ * key names; keys of any other shape are passed over.  Pure (fuzzed:
+ * fuzzing/fuzz-registry.c). */
 static int
-re_list (void *be, reg_list_fn *fn, void *opaque)
+re_list_answer (const char *prefix, json_object *res, reg_list_fn *fn,
+                void *opaque)
 {
-  struct re *e = be;
-  char end[512], msg[1536];
-  json_object *req = json_object_new_object (), *kvs;
-
-  re_range_end (e->prefix, end, sizeof end);
-  re_add_b64 (req, "key", e->prefix);
-  re_add_b64 (req, "range_end", end);
-  json_object *res = re_call (e, "/v3/kv/range", req, NULL, NULL, msg,
-                              sizeof msg);
-  if (!res) {
-    ap_debug (AP_DEBUG_CONTROL, "registry: snapshot: %s", msg);
-    return -1;
-  }
+  json_object *kvs;
   int rc = 0;
-  size_t pl = strlen (e->prefix);
+  size_t pl = strlen (prefix);
   if (json_object_object_get_ex (res, "kvs", &kvs)
       && json_object_is_type (kvs, json_type_array)) {
     for (size_t i = 0; i < json_object_array_length (kvs) && rc == 0; i++) {
@@ -1109,8 +1149,8 @@ re_list (void *be, reg_list_fn *fn, void *opaque)
       if (!json_object_object_get_ex (kv, "key", &kb)
           || !json_object_object_get_ex (kv, "value", &vb))
         continue;
-      char *key = re_b64_decode (json_object_get_string (kb), &klen);
-      char *val = re_b64_decode (json_object_get_string (vb), &vlen);
+      char *key = re_b64_string (kb, &klen);
+      char *val = re_b64_string (vb, &vlen);
       if (key && val && klen > pl) {
         /* nodes/NODE, ports/NODE/ID, disks/NODE/ID */
         const char *rest = key + pl;
@@ -1135,6 +1175,26 @@ re_list (void *be, reg_list_fn *fn, void *opaque)
       free (val);
     }
   }
+  return rc;
+}
+
+static int
+re_list (void *be, reg_list_fn *fn, void *opaque)
+{
+  struct re *e = be;
+  char end[512], msg[1536];
+  json_object *req = json_object_new_object ();
+
+  re_range_end (e->prefix, end, sizeof end);
+  re_add_b64 (req, "key", e->prefix);
+  re_add_b64 (req, "range_end", end);
+  json_object *res = re_call (e, "/v3/kv/range", req, NULL, NULL, msg,
+                              sizeof msg);
+  if (!res) {
+    ap_debug (AP_DEBUG_CONTROL, "registry: snapshot: %s", msg);
+    return -1;
+  }
+  int rc = re_list_answer (e->prefix, res, fn, opaque);
   json_object_put (res);
   return rc ? -1 : 0;
 }

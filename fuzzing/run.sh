@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# run.sh — build the NBD fuzz targets with clang (libFuzzer + ASan + UBSan)
+# run.sh — build the fuzz targets with clang (libFuzzer + ASan + UBSan)
 # and run each for a bounded time on a copy of its seed corpus.
 #
 #   fuzzing/run.sh [TARGET...]        default: every fuzzing/fuzz-*.c
@@ -39,10 +39,25 @@ else
 fi
 
 # The daemon sources each target needs beside its own file (the request
-# parser is header-only).
+# parser is header-only; fuzz-registry includes the registry's sources
+# itself, as tests/test-registry.c does, to reach their static parsers).
 extra_srcs () {
   case $1 in
     fuzz-nbd-handshake) echo daemon/nbd-handshake.c ;;
+    fuzz-config) echo daemon/config.c ;;
+    fuzz-registry) echo common/log.c ;;
+    *) ;;
+  esac
+}
+
+# The libraries those sources link with (pkg-config's flags when it has
+# them; the targets only parse, so libcurl is linked but never used).
+pkg () { pkg-config "$@" 2>/dev/null; }
+extra_libs () {
+  case $1 in
+    fuzz-config) pkg --cflags --libs inih || echo -linih ;;
+    fuzz-registry) pkg --cflags --libs json-c libcurl \
+                     || echo -ljson-c -lcurl ;;
     *) ;;
   esac
 }
@@ -56,7 +71,8 @@ for t in "${targets[@]}"; do
   src=fuzzing/$t.c
   [ -f "$src" ] || { echo "fuzzing/run.sh: no $src" >&2; exit 2; }
   # shellcheck disable=SC2046
-  if ! "$cc" "${flags[@]}" -o "$out/$t" "$src" $(extra_srcs "$t") 2> "$out/$t.build.log"; then
+  if ! "$cc" "${flags[@]}" -o "$out/$t" "$src" $(extra_srcs "$t") \
+       $(extra_libs "$t") -pthread 2> "$out/$t.build.log"; then
     cat "$out/$t.build.log" >&2
     echo "FAIL $t: does not build"
     status=1
