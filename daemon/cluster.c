@@ -450,6 +450,16 @@ view_node (const struct reg_view *v, const char *name)
   return NULL;
 }
 
+/* Whether any node announces the disk. */
+static bool
+announced (const struct reg_view *v, const char *device)
+{
+  for (size_t i = 0; i < v->ndisks; i++)
+    if (strcmp (v->disks[i].device, device) == 0)
+      return true;
+  return false;
+}
+
 /* Whether a disk a peer announced is on a shared port we attach too, so
  * that we should reach it directly. */
 static bool
@@ -653,6 +663,7 @@ reconcile (struct cluster *c, const struct direct_disk *direct, size_t nd,
     /* Served paths whose node no longer serves the disk. */
     for (size_t i = 0; i < c->nunits; i++) {
       struct lunit *lu = &c->units[i];
+      bool withdrawn = false;
       for (unsigned k = 0; k < lu->nserved; k++) {
         bool still = false;
         for (size_t j = 0; j < v->ndisks && !still; j++)
@@ -670,8 +681,21 @@ reconcile (struct cluster *c, const struct direct_disk *direct, size_t nd,
           lu->nserved--;
           k--;
         }
-        /* else: its last path; it stays, failed, until the node returns
-         * or another path joins. */
+        /* Its last path.  A node that left (crashed, cut off) may come
+         * back: the path stays, failed, until it returns or another path
+         * joins.  A node that is up but no longer announces the disk,
+         * when no node does and we have no direct path, took it away:
+         * the disk left the cluster, and so does its unit. */
+        else if (!lu->direct && view_node (v, lu->served[k])
+                 && !announced (v, lu->device))
+          withdrawn = true;
+      }
+      if (withdrawn || (!lu->direct && lu->nserved == 0)) {
+        ap_info ("cluster: %s: no node serves it any more (the disk was "
+                 "removed from its port)", lu->device);
+        drop_unit (c, lu);
+        changed = true;
+        i--;
       }
     }
   }

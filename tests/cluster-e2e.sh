@@ -12,7 +12,8 @@
 # it, fails A's direct path (fault-dir trigger) and restores it, and
 # hot-adds a disk.  At the end: every verifier clean, every unit back on
 # its preferred path (A and B direct, C served), the hot-added disk seen
-# everywhere, nothing left running.
+# everywhere; then the hot-added disk, removed from its port, gone from
+# every node; nothing left running.
 #
 # BACKEND=dir (default) or etcd (then an etcd member runs on the veth's
 # root side, so that cutting B's link also cuts B off the registry).
@@ -267,6 +268,14 @@ for d in '$4$DKB100' '$4$DKB101' '$4$DKB102' '$4$DKB103'; do
   wait_active C "$d" 'served:*' 10
 done
 log "every unit is on its preferred path"
+
+# A disk taken off its port leaves the cluster: A and B lose its direct
+# path, then each other's served path (the peer is up but no longer
+# announces it), C its served paths; no node keeps a unit without paths.
+log "remove \$4\$DKB103 from the shared port"
+rm -f "$T/bus/disk103.img"
+for n in A B C; do wait_units "$n" "$ALL3" 15; done
+log "gone from every node"
 
 for n in A B C; do kill -TERM "${node_pid[$n]}"; done
 for n in A B C; do
