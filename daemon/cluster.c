@@ -742,8 +742,14 @@ cluster_thread (void *arg)
 
     char msg[512] = "";
     struct reg_view v = { 0 };
-    bool ok = registry_health (c->reg, msg, sizeof msg)
-      && registry_snapshot (c->reg, &v) == 0;
+    bool ok = registry_health (c->reg, msg, sizeof msg);
+    if (ok && registry_snapshot (c->reg, &v) != 0) {
+      /* Healthy a moment ago (msg says so), but the list did not come:
+       * say that, not the healthy state. */
+      snprintf (msg, sizeof msg, "the list of nodes and disks could not "
+                "be read");
+      ok = false;
+    }
     copy_view_ok (c, ok, msg);
     if (direct)
       wake = reconcile (c, direct, nd, &v, ok);
