@@ -46,9 +46,10 @@ peer_tools=(fio nbdkit libnbd-bin qemu-utils nbd-server python3-libnbd
 #     files).
 cluster_tools=(etcd-server etcd-client fuse3)
 
-# --- system tools for tests and demo: losetup/mount (util-linux), mkfs.ext4
-#     (e2fsprogs), ip netns and veth (iproute2), valgrind (leak checks).
-system_tools=(util-linux e2fsprogs iproute2 valgrind)
+# --- system tools for tests, soak and demo: losetup/mount (util-linux),
+#     mkfs.ext4 (e2fsprogs), ip netns and veth (iproute2), valgrind (leak
+#     checks), curl (etcd health in the tests and the soak).
+system_tools=(util-linux e2fsprogs iproute2 valgrind curl)
 
 # --- fuzzing: clang with libFuzzer (fuzzing/run.sh).
 fuzz_tools=(clang)
