@@ -186,7 +186,7 @@ run-soak: lib programs
 	  bash soak/run.sh
 
 # Every fuzz target for FUZZ_SECONDS each (default 30; the tests run them
-# for 10 s through tests/fuzz-smoke.sh).
+# for 6 s through tests/fuzz-smoke.sh).
 fuzz: deps
 	@bash fuzzing/run.sh
 
