@@ -1832,10 +1832,45 @@ disk_order (const void *a, const void *b)
     : x->unit_number > y->unit_number;
 }
 
+/* The canonical names of the disks found so far, each computed once:
+ * realpath() of every earlier disk for every match made a scan of 1000
+ * disks (the start, every rescan, every hot-add) take tens of seconds
+ * (bench/scale.sh). */
+struct canon_list {
+  char **v;
+  size_t n, cap;
+};
+
+static int
+canon_push (struct canon_list *c, const char *canonical_name)
+{
+  if (c->n == c->cap) {
+    size_t nc = c->cap ? 2 * c->cap : 64;
+    char **nv = realloc (c->v, nc * sizeof *nv);
+    if (!nv)
+      return -1;
+    c->v = nv;
+    c->cap = nc;
+  }
+  if (!(c->v[c->n] = strdup (canonical_name)))
+    return -1;
+  c->n++;
+  return 0;
+}
+
+static void
+canon_free (struct canon_list *c)
+{
+  for (size_t i = 0; i < c->n; i++)
+    free (c->v[i]);
+  free (c->v);
+}
+
 int
 config_scan_ports (struct config *cfg, char *err, size_t errlen)
 {
   size_t keep = 0;
+  struct canon_list cl = { 0 };
 
   if (errlen)
     err[0] = '\0';
@@ -1847,6 +1882,16 @@ config_scan_ports (struct config *cfg, char *err, size_t errlen)
       cfg->disks[keep++] = cfg->disks[i];
   }
   cfg->ndisks = keep;
+  for (size_t i = 0; i < cfg->ndisks; i++) {
+    char c[PATH_MAX];
+    canonical (cfg->disks[i].file, c);
+    if (canon_push (&cl, c) < 0) {
+      canon_free (&cl);
+      snprintf (err, errlen, "%s: out of memory expanding the globs",
+                cfg->file);
+      return -1;
+    }
+  }
 
   for (size_t pi = 0; pi < cfg->nports; pi++) {
     struct config_port *port = &cfg->ports[pi];
@@ -1864,6 +1909,7 @@ config_scan_ports (struct config *cfg, char *err, size_t errlen)
                 r == GLOB_NOSPACE ? "out of memory" : "read error");
       if (r != GLOB_NOSPACE)
         globfree (&g);
+      canon_free (&cl);
       return -1;
     }
     /* glob() sorts its matches. */
@@ -1894,14 +1940,13 @@ config_scan_ports (struct config *cfg, char *err, size_t errlen)
         continue;
       }
 
-      char cf[PATH_MAX], co[PATH_MAX], device[AP_NAME_MAX];
+      char cf[PATH_MAX], device[AP_NAME_MAX];
       bool skip = false;
       canonical (f, cf);
       device_name (cfg, port, (unsigned) unit, device, sizeof device);
       for (size_t i = 0; i < cfg->ndisks && !skip; i++) {
         const struct config_disk *o = &cfg->disks[i];
-        canonical (o->file, co);
-        bool same_file = strcmp (cf, co) == 0;
+        bool same_file = strcmp (cf, cl.v[i]) == 0;
         if (o->port_letter == port->letter
             && o->unit_number == (unsigned) unit) {
           /* Listed as well as globbed: not worth a word. */
@@ -1948,16 +1993,22 @@ config_scan_ports (struct config *cfg, char *err, size_t errlen)
            ? strv_copy (&d->allow, &d->nallow, port->allow, port->nallow)
            : strv_copy (&d->allow, &d->nallow, cfg->allow, cfg->nallow)) < 0)
         goto oom;
+      if (canon_push (&cl, cf) < 0) {
+        strv_free (d->allow, d->nallow);
+        goto oom;
+      }
       cfg->ndisks++;
       continue;
     oom:
       globfree (&g);
+      canon_free (&cl);
       snprintf (err, errlen, "%s: out of memory expanding the glob of port "
                 "%c", cfg->file, port->letter);
       return -1;
     }
     globfree (&g);
   }
+  canon_free (&cl);
   if (cfg->ndisks > 1)
     qsort (cfg->disks, cfg->ndisks, sizeof *cfg->disks, disk_order);
   return 0;

@@ -33,6 +33,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <unistd.h>
 
@@ -65,6 +66,35 @@ logmsg (const char *level, const char *fmt, ...)
     if (verbose)                                \
       logmsg ("debug", __VA_ARGS__);            \
   } while (0)
+
+/* ------------------------------------------------------ file limits */
+
+/* Every disk costs several descriptors (its image, io_uring, the NBD
+ * connections of each served path and of each peer that serves it from
+ * us): about 11 per disk on a node that reaches a disk directly and
+ * serves it to two peers (bench/scale.sh).  The usual soft limit of a
+ * shell, 1024, stops such a node at about 90 disks with "Too many open
+ * files", so raise the soft limit to the hard one (the systemd unit sets
+ * both, LimitNOFILE).  Nothing here uses select(), so descriptors above
+ * FD_SETSIZE are safe. */
+static void
+raise_nofile_limit (void)
+{
+  struct rlimit rl;
+  if (getrlimit (RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur >= rl.rlim_max)
+    return;
+  rlim_t old = rl.rlim_cur;
+  rl.rlim_cur = rl.rlim_max;
+  if (setrlimit (RLIMIT_NOFILE, &rl) < 0) {
+    log_warn ("cannot raise the open file limit from %llu to %llu: %s; "
+              "with many disks, raise it (ulimit -n, LimitNOFILE)",
+              (unsigned long long) old, (unsigned long long) rl.rlim_max,
+              strerror (errno));
+    return;
+  }
+  log_info ("open file limit raised from %llu to %llu (the hard limit)",
+            (unsigned long long) old, (unsigned long long) rl.rlim_max);
+}
 
 /* ------------------------------------------------------ command line */
 
@@ -682,6 +712,7 @@ main (int argc, char **argv)
 
   log_info ("altpathd %s starting: node %s, configuration %s",
             ALTPATHD_VERSION, dm.cfg.node, dm.cfg.file);
+  raise_nofile_limit ();
 
   /* Listen before opening disks: a busy port fails the start at once. */
   struct nbd_server_tls tls = {
