@@ -32,8 +32,13 @@
 /* Shutdown: how long connections may take to send their last replies
  * before their sockets are shut down under them. */
 #define NBD_SHUTDOWN_GRACE_MS 10000u
-/* Most connections at once; more are closed at accept. */
-#define NBD_MAX_CONNS         1024u
+/* Most connections at once; more are closed at accept.  Each peer opens
+ * `connections` (default 2) per disk it reaches served, so 1024 stopped a
+ * node serving two peers at 256 disks (bench/scale.sh).  The real limits
+ * are the descriptors (altpathd raises its soft limit to the hard one)
+ * and threads (two per connection); request buffers are bounded apart
+ * (nbd-bufpool.h). */
+#define NBD_MAX_CONNS         16384u
 
 /* ------------------------------------------------------- nbd-server.c */
 
