@@ -139,6 +139,10 @@ struct nbd_conn {
   struct slot *free_list;
   struct slot *q_head, *q_tail; /* replies to send, in completion order */
   unsigned busy;                /* slots not on the free list */
+  bool sending;                 /* a thread is writing replies */
+  struct slot *handoff;         /* a reply sent in part without waiting,
+                                   for the writer to finish */
+  size_t handoff_sent;          /* bytes of it already sent */
   bool reader_done;             /* no further request will be taken */
   bool dead;                    /* the socket failed: drop replies */
 };
@@ -595,8 +599,65 @@ slot_get (struct nbd_conn *c, size_t need)
   return s;
 }
 
+static int build_reply (struct nbd_conn *c, struct slot *s,
+                        struct iovec *iov);
+static void mark_dead (struct nbd_conn *c);
+
+/* Replies sent by the completing thread itself: at most this long. */
+#define ALONE_MAX (64u * 1024)
+
+/* Send the reply of the only request in flight from the thread that
+ * completed it, without waiting (called with c->sending set by us).  At
+ * queue depth 1 the hand-off to the writer thread is a wake-up per
+ * request, a good part of the request's time; with more in flight the
+ * writer batches replies and this is not used.  A reply the socket
+ * cannot take at once goes to the writer, which may block. */
+static void
+send_alone (struct nbd_conn *c, struct slot *s)
+{
+  struct iovec iov[3];
+  int n = build_reply (c, s, iov);
+  size_t total = 0;
+  for (int i = 0; i < n; i++)
+    total += iov[i].iov_len;
+  struct msghdr m = { .msg_iov = iov, .msg_iovlen = (size_t) n };
+  ssize_t r;
+  do
+    r = sendmsg (c->fd, &m, MSG_NOSIGNAL | MSG_DONTWAIT);
+  while (r < 0 && errno == EINTR);
+
+  if (r >= 0 && (size_t) r < total) {
+    pthread_mutex_lock (&c->lock);
+    c->handoff = s;
+    c->handoff_sent = (size_t) r;
+    pthread_cond_signal (&c->reply_cond);
+    pthread_mutex_unlock (&c->lock);
+    return;
+  }
+  if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+    pthread_mutex_lock (&c->lock);
+    c->handoff = s;
+    c->handoff_sent = 0;
+    pthread_cond_signal (&c->reply_cond);
+    pthread_mutex_unlock (&c->lock);
+    return;
+  }
+  if (r < 0)
+    mark_dead (c);              /* the reply is dropped, as the writer does */
+  slot_drop_buf (c, s);
+  pthread_mutex_lock (&c->lock);
+  slot_free_locked (c, s);
+  c->sending = false;
+  pthread_cond_broadcast (&c->slot_cond);
+  /* Wake the writer only if it has something to do: a wake-up per
+   * request is what this function saves. */
+  if (c->q_head || (c->reader_done && c->busy == 0))
+    pthread_cond_signal (&c->reply_cond);
+  pthread_mutex_unlock (&c->lock);
+}
+
 /* Put a finished slot on the reply queue (any thread; never blocks for
- * long). */
+ * long), or send its reply at once when it is the only one (send_alone). */
 static void
 queue_reply (struct slot *s)
 {
@@ -604,6 +665,13 @@ queue_reply (struct slot *s)
 
   s->next = NULL;
   pthread_mutex_lock (&c->lock);
+  if (c->busy == 1 && !c->q_head && !c->sending && !c->dead && !c->tls
+      && (s->type != NBD_CMD_READ || s->error || s->length <= ALONE_MAX)) {
+    c->sending = true;
+    pthread_mutex_unlock (&c->lock);
+    send_alone (c, s);
+    return;
+  }
   if (c->q_tail)
     c->q_tail->next = s;
   else
@@ -828,11 +896,38 @@ writer_thread (void *arg)
 
   for (;;) {
     pthread_mutex_lock (&c->lock);
-    while (!c->q_head && !(c->reader_done && c->busy == 0))
+    while (!c->handoff && !(c->q_head && !c->sending)
+           && !(c->reader_done && c->busy == 0))
       pthread_cond_wait (&c->reply_cond, &c->lock);
+    if (c->handoff) {
+      /* The rest of a reply send_alone could not send without waiting
+       * (c->sending is still set for it). */
+      struct slot *s = c->handoff;
+      size_t skip = c->handoff_sent;
+      c->handoff = NULL;
+      bool dead = c->dead;
+      pthread_mutex_unlock (&c->lock);
+      int n = build_reply (c, s, iov), i = 0;
+      while (i < n && skip >= iov[i].iov_len)
+        skip -= iov[i++].iov_len;
+      if (i < n) {
+        iov[i].iov_base = (uint8_t *) iov[i].iov_base + skip;
+        iov[i].iov_len -= skip;
+      }
+      if (!dead && i < n && send_iov (c, iov + i, n - i) < 0)
+        mark_dead (c);
+      slot_drop_buf (c, s);
+      pthread_mutex_lock (&c->lock);
+      slot_free_locked (c, s);
+      c->sending = false;
+      pthread_cond_broadcast (&c->slot_cond);
+      pthread_mutex_unlock (&c->lock);
+      continue;
+    }
     struct slot *batch = c->q_head;
     c->q_head = c->q_tail = NULL;
     bool dead = c->dead;
+    c->sending = batch != NULL;
     pthread_mutex_unlock (&c->lock);
     if (!batch)
       break;                    /* reader done and nothing left */
@@ -859,6 +954,9 @@ writer_thread (void *arg)
       pthread_cond_broadcast (&c->slot_cond);
       pthread_mutex_unlock (&c->lock);
     }
+    pthread_mutex_lock (&c->lock);
+    c->sending = false;
+    pthread_mutex_unlock (&c->lock);
   }
   return NULL;
 }

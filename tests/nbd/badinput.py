@@ -43,8 +43,10 @@ class Closed(Exception):
 
 
 class Raw:
-    def __init__(self, flags=3, timeout=10):
+    def __init__(self, flags=3, timeout=10, rcvbuf=None):
         self.s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        if rcvbuf:
+            self.s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         self.s.settimeout(timeout)
         self.s.connect(SOCK)
         g = self.recv(18)
@@ -335,9 +337,40 @@ def slow_reader():
     r.close()
 
 
+def slow_reader_one_at_a_time():
+    # One request in flight at a time: the server sends each reply from
+    # the thread that completed it, without waiting (nbd-conn.c,
+    # send_alone); once the socket is full, a reply goes out in part and
+    # the writer thread must finish it, and the next ones queue behind it.
+    print("one request at a time, replies not read until the socket is full")
+    r = Raw(timeout=30, rcvbuf=16384)
+    r.go()
+    ln = 64 * 1024
+    r.req(CMD_WRITE, 0, 8 * ln, 1, payload=bytes(range(256)) * (8 * ln // 256))
+    c, e, _ = r.read_reply()
+    check(c == 1 and e == 0, "write for the reads")
+    n = 64                          # 4 MiB of replies
+    for i in range(n):
+        r.req(CMD_READ, (i % 8) * ln, ln, 100 + i)
+        time.sleep(0.005)           # let each complete alone
+    seen = []
+    for _ in range(n):
+        c, e, d = r.read_reply()
+        check(e == 0 and d == bytes(range(256)) * (ln // 256),
+              "read %d data" % c)
+        seen.append(c)
+    check(seen == [100 + i for i in range(n)],
+          "replies in order, each once (got %d)" % len(seen))
+    r.req(CMD_FLUSH, 0, 0, 1000)
+    c, e, _ = r.read_reply()
+    check(c == 1000 and e == 0, "flush afterwards")
+    r.close()
+
+
 handshake_cases()
 transmission_cases()
 slow_reader()
+slow_reader_one_at_a_time()
 
 if failures:
     print("%d failure(s)" % len(failures))
