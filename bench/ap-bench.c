@@ -15,6 +15,10 @@
  * count; latency is submit → completion callback, as fio's "lat" (not
  * "clat").  One JSON line goes to stdout; --kv prints key=value instead.
  *
+ * --uri URI makes the one path a served path instead (libnbd to an NBD
+ * server, e.g. altpathd serving the file): the unit over the served path
+ * against fio's nbd engine on the same server.
+ *
  * --breakdown also hooks the path's trace (ap_path_set_trace) and splits
  * each request's latency in three: caller → path (the unit's submit side),
  * path submit → path completion (io_uring, kernel, disk), path completion
@@ -22,6 +26,7 @@
  *
  *   ap-bench --file IMG --mode randread  [--bs 4k] [--qd 32] --seconds 10
  *   ap-bench --file IMG --mode seqwrite  [--bs 1M] [--qd 8]  --seconds 10
+ *   ap-bench --uri nbd://127.0.0.1:10809/NAME --mode randwrite --seconds 5
  *
  * Exit status: 0 ok; 1 setup failed, a request failed, or the drain hung.
  */
@@ -215,10 +220,17 @@ static void
 usage (FILE *f)
 {
   fprintf (f,
-"usage: ap-bench --file FILE [--mode randread|randwrite|seqread|seqwrite]\n"
+"usage: ap-bench --file FILE | --uri URI\n"
+"                [--mode randread|randwrite|seqread|seqwrite]\n"
 "                [--bs SIZE] [--qd N] [--seconds S] [--ramp S] [--size SIZE]\n"
 "                [--kv] [--breakdown]\n"
-"  --file FILE    file or block device, opened with O_DIRECT (must exist)\n"
+"  --file FILE    file or block device, opened with O_DIRECT (must exist):\n"
+"                 the unit's one path is a direct path\n"
+"  --uri URI      an NBD URI with the export name (nbd://HOST:PORT/NAME,\n"
+"                 nbd+unix:///NAME?socket=PATH): the unit's one path is a\n"
+"                 served path (libnbd) to that server\n"
+"  --connections N  the served path's connections when the server offers\n"
+"                 multi-conn (default: the library's, 2)\n"
 "  --mode M       default randread\n"
 "  --bs SIZE      block size; default 4k for rand*, 1M for seq*\n"
 "  --qd N         requests kept in flight; default 32 for rand*, 8 for seq*\n"
@@ -235,6 +247,8 @@ main (int argc, char **argv)
 {
   static const struct option longopts[] = {
     { "file", required_argument, NULL, 'f' },
+    { "uri", required_argument, NULL, 'u' },
+    { "connections", required_argument, NULL, 'c' },
     { "mode", required_argument, NULL, 'm' },
     { "bs", required_argument, NULL, 'b' },
     { "qd", required_argument, NULL, 'q' },
@@ -246,7 +260,8 @@ main (int argc, char **argv)
     { "help", no_argument, NULL, 'h' },
     { NULL, 0, NULL, 0 },
   };
-  const char *file = NULL;
+  const char *file = NULL, *uri = NULL;
+  unsigned connections = 0;
   enum mode mode = RANDREAD;
   uint64_t bs = 0, size = 0;
   unsigned qd = 0;
@@ -254,10 +269,19 @@ main (int argc, char **argv)
   bool kv = false, breakdown = false;
   int c;
 
-  while ((c = getopt_long (argc, argv, "f:m:b:q:s:r:z:kBh", longopts,
+  while ((c = getopt_long (argc, argv, "f:u:c:m:b:q:s:r:z:kBh", longopts,
                            NULL)) != -1) {
     switch (c) {
     case 'f': file = optarg; break;
+    case 'u': uri = optarg; break;
+    case 'c':
+      connections = (unsigned) atoi (optarg);
+      if (connections == 0) {
+        fprintf (stderr, "ap-bench: bad --connections %s (a number from "
+                 "1)\n", optarg);
+        return 1;
+      }
+      break;
     case 'm': {
       unsigned i;
       for (i = 0; i < 4; i++)
@@ -291,7 +315,13 @@ main (int argc, char **argv)
     default: usage (stderr); return 1;
     }
   }
-  if (!file || optind != argc || seconds <= 0 || ramp < 0) {
+  if (!file == !uri) {
+    fprintf (stderr, "ap-bench: give exactly one of --file FILE and --uri "
+             "URI\n");
+    usage (stderr);
+    return 1;
+  }
+  if (optind != argc || seconds <= 0 || ramp < 0) {
     usage (stderr);
     return 1;
   }
@@ -301,14 +331,26 @@ main (int argc, char **argv)
   if (qd == 0)
     qd = seq ? 8 : 32;
 
-  /* One direct path, one unit. */
-  struct ap_direct_options dopt = {
-    .name = "bench-direct",
-    .read_only = mode == RANDREAD || mode == SEQREAD,
-    /* Leave room beside the bench's own requests for the unit's probes. */
-    .queue_depth = qd > 64 ? 2 * qd : 0,
-  };
-  struct ap_path *path = ap_path_open_direct (file, &dopt);
+  /* One path, one unit: a direct path to the file, or a served path to
+   * the NBD server. */
+  struct ap_path *path;
+  if (file) {
+    struct ap_direct_options dopt = {
+      .name = "bench-direct",
+      .read_only = mode == RANDREAD || mode == SEQREAD,
+      /* Leave room beside the bench's own requests for the unit's
+       * probes. */
+      .queue_depth = qd > 64 ? 2 * qd : 0,
+    };
+    path = ap_path_open_direct (file, &dopt);
+  } else {
+    struct ap_served_options sopt = {
+      .name = "bench-served",
+      .uri = uri,
+      .connections = connections,
+    };
+    path = ap_path_open_served (&sopt);
+  }
   if (!path) {
     fprintf (stderr, "ap-bench: %s\n", ap_get_error ());
     return 1;

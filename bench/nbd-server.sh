@@ -2,11 +2,11 @@
 # bench/nbd-server.sh — altpathd's NBD server against nbdkit and qemu-nbd
 # (issue 3).
 #
-# 1. Makes a SIZE (default 1 GiB) image in /dev/shm (tmpfs, so the disk does
-#    not hide the protocol's cost) and fills it, plus a source file of the
-#    same size for the writes; for the TLS rows a smaller pair
-#    (NBD_TLS_SIZE, default 128 MiB: TLS-PSK costs about 10x, and the
-#    whole run must stay under 10 minutes).
+# 1. Makes a SIZE (default 512 MiB) image in /dev/shm (tmpfs, so the disk
+#    does not hide the protocol's cost) and fills it, plus a source file of
+#    the same size for the writes; for the TLS rows a smaller pair
+#    (NBD_TLS_SIZE, default 64 MiB: TLS-PSK costs about 10x, and the
+#    whole of `make bench` must stay under 15 minutes).
 # 2. Serves the same file in turn with each server:
 #      altpathd     a configuration written into the work directory
 #                   (O_DIRECT + io_uring on the file)
@@ -20,8 +20,9 @@
 #    same clients:
 #      seqread    nbdcopy URI null:            (MB/s = bytes / wall time)
 #      seqwrite   nbdcopy SOURCE-FILE URI      (MB/s)
-#      randread   fio --ioengine=nbd, 4 KiB random reads at QD 32 (IOPS);
-#                 plaintext only: fio's nbd engine cannot load a PSK file
+#      randread, randwrite  fio --ioengine=nbd, 4 KiB random reads and
+#                 writes at QD 1 and 32 (IOPS; NBD_RANDOM); plaintext only:
+#                 fio's nbd engine cannot load a PSK file
 #    RUNS times (default 3), the servers' order reversed every other run.
 #    nbdcopy's connections (multi-conn) are counted from its open sockets.
 # 3. Memory: altpathd (and nbdkit, for comparison) on the Unix socket
@@ -33,6 +34,8 @@
 #    transport and security: each server's median (min-max), the median of
 #    the per-run ratios altpathd / best peer, the goal (>= 1.2) met or
 #    missed; the memory table against the 64 MiB goal; every run's figures.
+#    With RESULTS set, also one line per measurement there (bench/lib.sh),
+#    for bench/report.py's REPORT.md.
 #
 # Every server is stopped by its PID (and at exit by a trap); only loopback
 # and Unix sockets are used; every tool runs under `timeout`.
@@ -43,15 +46,23 @@
 #
 # Environment:
 #   BUILD=dir            where altpathd is (default build)
-#   QUICK=1              RUNS=1 SIZE=256M NBD_TLS_SIZE=64M NBD_SECONDS=2
-#                        NBD_RAMP=0.5 NBD_MEM_SECONDS=3: a smoke test (< 2 min)
+#   QUICK=1              RUNS=1 SIZE=64M NBD_TLS_SIZE=16M NBD_SECONDS=0.7
+#                        NBD_RAMP=0.2 NBD_MEM_SECONDS=2 NBD_MEM_SERVERS=altpathd
+#                        NBD_MEM_CLIENTS=4
+#                        NBD_SETTINGS="tcp:plain unix:tls" NBD_RANDOM=randread:32
+#                        NBD_MEM_BS=256k: a smoke test (< 40 s)
 #   RUNS=n               runs per server and row (default 3)
-#   SIZE=size            the plaintext image (default 1G)
-#   NBD_TLS_SIZE=size    the TLS image (default 128M; SIZE's value uses one
+#   SIZE=size            the plaintext image (default 512M)
+#   NBD_TLS_SIZE=size    the TLS image (default 64M; SIZE's value uses one
 #                        image for all rows)
-#   NBD_SECONDS=s        fio's measured seconds per run (default 5)
-#   NBD_RAMP=s           fio's warm-up (default 1)
-#   NBD_MEM_SECONDS=s    the memory load's duration (default 10)
+#   NBD_SECONDS=s        fio's measured seconds per run (default 1)
+#   NBD_RAMP=s           fio's warm-up (default 0.25)
+#   NBD_SETTINGS="tcp:plain unix:plain tcp:tls unix:tls"  transports and
+#                        security measured
+#   NBD_RANDOM="randread:1 randread:32 randwrite:1 randwrite:32"  fio's
+#                        4 KiB random rows, NAME:QD
+#   NBD_MEM_SECONDS=s    the memory load's duration (default 3)
+#   NBD_MEM_BS="4k 256k" request sizes of the memory load
 #   NBD_MEM_CLIENTS=n    fio jobs (connections) for it (default 16)
 #   NBD_MEM_QD=n         requests in flight per job (default 64)
 #   NBD_MEM_SERVERS="altpathd nbdkit"   servers measured for memory
@@ -60,6 +71,7 @@
 #                        default of 1 it does not advertise multi-conn)
 #   NBD_IMAGE_DIR=dir    default /dev/shm
 #   NBD_REPORT=file      default bench/report/nbd-server.md
+#   RESULTS=file         also append every measurement here (bench/lib.sh)
 set -uo pipefail
 
 srcdir=$(cd "$(dirname "$0")/.." && pwd)
@@ -69,16 +81,22 @@ export LC_ALL=C
 BUILD=${BUILD:-build}
 QUICK=${QUICK:-0}
 if [ "$QUICK" = 1 ]; then
-  RUNS=${RUNS:-1} SIZE=${SIZE:-256M} NBD_TLS_SIZE=${NBD_TLS_SIZE:-64M}
-  NBD_SECONDS=${NBD_SECONDS:-2} NBD_RAMP=${NBD_RAMP:-0.5}
-  NBD_MEM_SECONDS=${NBD_MEM_SECONDS:-3}
+  RUNS=${RUNS:-1} SIZE=${SIZE:-64M} NBD_TLS_SIZE=${NBD_TLS_SIZE:-16M}
+  NBD_MEM_SERVERS=${NBD_MEM_SERVERS:-altpathd} NBD_MEM_CLIENTS=${NBD_MEM_CLIENTS:-4}
+  NBD_SECONDS=${NBD_SECONDS:-0.7} NBD_RAMP=${NBD_RAMP:-0.2}
+  NBD_MEM_SECONDS=${NBD_MEM_SECONDS:-2}
+  NBD_SETTINGS=${NBD_SETTINGS:-"tcp:plain unix:tls"}
+  NBD_RANDOM=${NBD_RANDOM:-"randread:32"} NBD_MEM_BS=${NBD_MEM_BS:-256k}
 fi
 RUNS=${RUNS:-3}
-SIZE=${SIZE:-1G}
-NBD_TLS_SIZE=${NBD_TLS_SIZE:-128M}
-NBD_SECONDS=${NBD_SECONDS:-5}
-NBD_RAMP=${NBD_RAMP:-1}
-NBD_MEM_SECONDS=${NBD_MEM_SECONDS:-10}
+SIZE=${SIZE:-512M}
+NBD_TLS_SIZE=${NBD_TLS_SIZE:-64M}
+NBD_SECONDS=${NBD_SECONDS:-1}
+NBD_RAMP=${NBD_RAMP:-0.25}
+NBD_SETTINGS=${NBD_SETTINGS:-"tcp:plain unix:plain tcp:tls unix:tls"}
+NBD_RANDOM=${NBD_RANDOM:-"randread:1 randread:32 randwrite:1 randwrite:32"}
+NBD_MEM_SECONDS=${NBD_MEM_SECONDS:-3}
+NBD_MEM_BS=${NBD_MEM_BS:-"4k 256k"}
 NBD_MEM_CLIENTS=${NBD_MEM_CLIENTS:-16}
 NBD_MEM_QD=${NBD_MEM_QD:-64}
 NBD_MEM_SERVERS=${NBD_MEM_SERVERS:-"altpathd nbdkit"}
@@ -356,11 +374,12 @@ run_copy() {
 
 # fio's terse output, version 3: read side from field 6, write side from
 # 47; +2 is IOPS, +12..+31 the latency percentiles (lat, as "99.000000%=N").
-# Prints "iops p50_us p99_us" (read side).
+# parse_fio FILE RW prints "iops p50_us p99_us" (the read side, or the
+# write side for a write workload).
 parse_fio() {
-  awk -F';' '
+  awk -F';' -v rw="$2" '
     $1 == 3 {
-      b = 6; iops = $(b + 2)
+      b = rw ~ /write/ ? 47 : 6; iops = $(b + 2)
       for (i = b + 12; i <= b + 31; i++) {
         split($i, kv, "%=")
         if (kv[1] + 0 == 50) p50 = kv[2]
@@ -372,13 +391,42 @@ parse_fio() {
 
 mbs() { awk -v b="$1" -v t="$2" 'BEGIN { printf "%.1f", b / t / 1e6 }'; }
 
+# record ROW SERVER RUN VALUE UNIT P50 P99: one line in RESULTS (bench/lib.sh).
+record() {
+  [ -n "${RESULTS:-}" ] || return 0
+  local role=peer
+  [ "$2" = altpathd ] && role=ours
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' nbd "$1" "$(label "$2")" "$role" "$3" "$4" "$5" "$6" "$7" >>"$RESULTS"
+}
+# The row's name in RESULTS: "seqread 1M TCP + TLS-PSK", "randwrite 4k QD1 Unix".
+row_name() {                    # row_name WORKLOAD TRANSPORT SECURITY
+  local t
+  t=$([ "$2" = tcp ] && echo "TCP" || echo "Unix")
+  [ "$3" = tls ] && t+=" + TLS-PSK"
+  case $1 in
+    seq*) echo "$1 1M $t" ;;
+    *) echo "${1%%:*} 4k QD${1#*:} $t" ;;
+  esac
+}
+
+label() {
+  case $1 in
+    altpathd) echo "altpathd" ;;
+    nbdkit) echo "nbdkit file" ;;
+    qemu-nbd) echo "qemu-nbd" ;;
+    qemu-direct) echo "qemu-nbd O_DIRECT io_uring" ;;
+  esac
+}
+
 fio_limit=$(awk -v s="$NBD_SECONDS" -v r="$NBD_RAMP" 'BEGIN { printf "%d", s + r + 60 }')
 fio_ramp=$(awk -v r="$NBD_RAMP" 'BEGIN { printf "%dms", r * 1000 }')
+# fio reads a bare --runtime as whole seconds: 0.7 would be 0 (no limit).
+fio_runtime=$(awk -v r="$NBD_SECONDS" 'BEGIN { printf "%dms", r * 1000 }')
 
 declare -A res                  # res[row,server,run] = MB/s or IOPS
 declare -A lat                  # lat[row,server,run] = "p50 p99" (randread)
 declare -A conns                # conns[row,server] = nbdcopy's connections
-settings="tcp:plain unix:plain tcp:tls unix:tls"
+settings=$NBD_SETTINGS
 
 read -ra servers <<<"$NBD_SERVERS"
 peers=()
@@ -399,29 +447,33 @@ for ((run = 1; run <= RUNS; run++)); do
       row=seqread,$tr,$sec
       if run_copy "nbdcopy ($s, $tr, $sec)" "$base.seqread" "$URI" null:; then
         res[$row,$s,$run]=$(mbs "$bytes" "$COPY_SECS") conns[$row,$s]=$COPY_CONNS
+        record "$(row_name seqread "$tr" "$sec")" "$s" "$run" "${res[$row,$s,$run]}" MB/s - -
       fi
       # seqwrite: nbdcopy from a file
       row=seqwrite,$tr,$sec
       if run_copy "nbdcopy ($s, $tr, $sec)" "$base.seqwrite" "$source" "$URI"; then
         res[$row,$s,$run]=$(mbs "$bytes" "$COPY_SECS") conns[$row,$s]=$COPY_CONNS
+        record "$(row_name seqwrite "$tr" "$sec")" "$s" "$run" "${res[$row,$s,$run]}" MB/s - -
       fi
-      # randread: fio's nbd engine (plaintext only)
-      if [ "$sec" = plain ]; then
-        row=randread,$tr,$sec
-        if run_tool "fio ($s, $tr)" "$fio_limit" "$base.randread" -- \
-             fio --name=randread --ioengine=nbd --uri="$URI" --size="$bytes" \
-                 --rw=randread --bs=4k --iodepth=32 --numjobs=1 \
-                 --time_based --runtime="$NBD_SECONDS" --ramp_time="$fio_ramp" \
+      # randread, randwrite: fio's nbd engine (plaintext only)
+      for rq in $NBD_RANDOM; do
+        [ "$sec" = plain ] || break
+        row=$rq,$tr,$sec rw=${rq%%:*} qd=${rq#*:}
+        if run_tool "fio ($s, $tr)" "$fio_limit" "$base.$rw.$qd" -- \
+             fio --name="$rw" --ioengine=nbd --uri="$URI" --size="$bytes" \
+                 --rw="$rw" --bs=4k --iodepth="$qd" --numjobs=1 \
+                 --time_based --runtime="$fio_runtime" --ramp_time="$fio_ramp" \
                  --norandommap --randrepeat=0 --lat_percentiles=1 \
                  --output-format=terse --terse-version=3; then
-          read -r iops p50 p99 <<<"$(parse_fio "$base.randread")"
+          read -r iops p50 p99 <<<"$(parse_fio "$base.$rw.$qd" "$rw")"
           if [ -n "${iops:-}" ]; then
             res[$row,$s,$run]=$iops lat[$row,$s,$run]="$p50 $p99"
+            record "$(row_name "$rq" "$tr" "$sec")" "$s" "$run" "$iops" IOPS "$p50" "$p99"
           else
-            tool_failed "fio ($s, $tr)" 1 "$base.randread" "no terse output"
+            tool_failed "fio ($s, $tr)" 1 "$base.$rw.$qd" "no terse output"
           fi
         fi
-      fi
+      done
       stop_server "$s"
     done
   done
@@ -434,7 +486,7 @@ vm() {
 }
 declare -A mem                  # mem[server,bs] = "idle_kb peak_rss_kb hwm_kb iops"
 mem_limit=$((NBD_MEM_SECONDS + 60))
-for bs in 4k 256k; do
+for bs in $NBD_MEM_BS; do
   for s in $NBD_MEM_SERVERS; do
     step "memory: $s, $NBD_MEM_CLIENTS clients x QD $NBD_MEM_QD, $bs random reads and writes"
     start_server "$s" unix plain "$img" || continue
@@ -477,15 +529,6 @@ rev=$(git rev-parse --short HEAD 2>/dev/null || echo "no commit")
 dirty=$([ -n "$(git status --porcelain 2>/dev/null)" ] && echo " (with uncommitted changes)")
 load_end=$(cut -d' ' -f1-3 /proc/loadavg)
 
-label() {
-  case $1 in
-    altpathd) echo "altpathd" ;;
-    nbdkit) echo "nbdkit file" ;;
-    qemu-nbd) echo "qemu-nbd" ;;
-    qemu-direct) echo "qemu-nbd O_DIRECT io_uring" ;;
-  esac
-}
-
 {
   echo "# altpath benchmarks: altpathd's NBD server against nbdkit and qemu-nbd"
   echo
@@ -525,8 +568,9 @@ label() {
   echo "against each: **seqread** \`nbdcopy URI null:\`, **seqwrite**"
   echo "\`nbdcopy FILE URI\` (source file in $NBD_IMAGE_DIR), MB/s = image"
   echo "bytes / nbdcopy's wall time (connecting and the TLS handshake"
-  echo "included); **randread** fio \`--ioengine=nbd\`, 4 KiB random reads,"
-  echo "QD 32, one job, $NBD_SECONDS s after $NBD_RAMP s, IOPS.  $RUNS run(s), the"
+  echo "included); **randread, randwrite** fio \`--ioengine=nbd\`, 4 KiB"
+  echo "random reads or writes at the row's queue depth, one job (one"
+  echo "connection), $NBD_SECONDS s after $NBD_RAMP s, IOPS.  $RUNS run(s), the"
   echo "servers' order reversed every other run.  Cells: median (min–max)."
   echo "The ratio is the median of the per-run ratios altpathd / the best"
   echo "peer of that run.  Goal: ratio ≥ $GOAL_RATIO on every row."
@@ -540,11 +584,11 @@ label() {
   for s in "${servers[@]}"; do hdr+=" $(label "$s") |"; sep+="---|"; done
   echo "$hdr conns | altpathd / best peer | per-run range | goal | |"
   echo "$sep---|---|---|---|---|"
-  for wl in seqread seqwrite randread; do
+  for wl in seqread seqwrite $NBD_RANDOM; do
     case $wl in
       seqread) wlabel="seqread (nbdcopy → null:), MB/s" ;;
       seqwrite) wlabel="seqwrite (nbdcopy file →), MB/s" ;;
-      randread) wlabel="randread 4k QD32 (fio nbd), IOPS" ;;
+      *) wlabel="${wl%%:*} 4k QD${wl#*:} (fio nbd), IOPS" ;;
     esac
     for setting in $settings; do
       IFS=: read -r tr sec <<<"$setting"
@@ -552,7 +596,7 @@ label() {
       tlabel=$([ "$tr" = tcp ] && echo "TCP" || echo "Unix")
       [ "$sec" = tls ] && tlabel+=" + TLS-PSK"
       line="| $wlabel | $tlabel |"
-      if [ "$wl" = randread ] && [ "$sec" = tls ]; then
+      if [[ $wl == rand* ]] && [ "$sec" = tls ]; then
         for s in "${servers[@]}"; do line+=" n/a |"; done
         echo "$line – | n/a | | ≥ $GOAL_RATIO | n/a: fio's nbd engine cannot load a PSK file |"
         continue
@@ -567,7 +611,7 @@ label() {
         line+=" $(summary "${v[@]}") |"
         c+="${c:+/}${conns[$row,$s]:--}"
       done
-      [ "$wl" = randread ] && c="1 each (fio)"
+      [[ $wl == rand* ]] && c="1 each (fio)"
       ratios=()
       for ((run = 1; run <= RUNS; run++)); do
         ours=${res[$row,altpathd,$run]:-}
@@ -605,7 +649,7 @@ label() {
   echo
   echo "| server | block | clients × QD | IOPS (read + write) | idle VmRSS MiB | peak VmRSS MiB | VmHWM MiB | goal | |"
   echo "|---|---|---|---|---|---|---|---|---|"
-  for bs in 4k 256k; do
+  for bs in $NBD_MEM_BS; do
     for s in $NBD_MEM_SERVERS; do
       m=${mem[$s,$bs]:-}
       if [ -z "$m" ]; then
@@ -635,10 +679,10 @@ label() {
   for s in "${servers[@]}"; do hdr+=" $(label "$s") |"; sep+="---|"; done
   echo "$hdr"
   echo "$sep"
-  for wl in seqread seqwrite randread; do
+  for wl in seqread seqwrite $NBD_RANDOM; do
     for setting in $settings; do
       IFS=: read -r tr sec <<<"$setting"
-      [ "$wl" = randread ] && [ "$sec" = tls ] && continue
+      [[ $wl == rand* ]] && [ "$sec" = tls ] && continue
       row=$wl,$tr,$sec
       for ((run = 1; run <= RUNS; run++)); do
         line="| $wl $tr $sec | $run |"
