@@ -41,18 +41,7 @@ export LC_ALL=C
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
 
-BUILD=${BUILD:-build}
-QUICK=${QUICK:-0}
-if [ "$QUICK" = 1 ]; then
-  RUNS=${RUNS:-1} DP_SECONDS=${DP_SECONDS:-0.7} DP_RAMP=${DP_RAMP:-0.2}
-  SIZE=${SIZE:-128M} DP_WORKLOADS=${DP_WORKLOADS:-"randread:4k:32 seqwrite:1M:8"}
-fi
-RUNS=${RUNS:-3}
-DP_SECONDS=${DP_SECONDS:-1}
-DP_RAMP=${DP_RAMP:-0.25}
-SIZE=${SIZE:-512M}
-DP_IMAGE_DIR=${DP_IMAGE_DIR:-/dev/shm}
-DP_WORKLOADS=${DP_WORKLOADS:-"seqread:1M:8 seqwrite:1M:8 randread:4k:1 randread:4k:32 randwrite:4k:1 randwrite:4k:32"}
+dp_settings "randread:4k:32 seqwrite:1M:8"
 
 altpathd=$BUILD/altpathd apbench=$BUILD/bench/ap-bench
 missing=0

@@ -1,7 +1,7 @@
 # shellcheck shell=bash
 # bench/lib.sh — shell helpers the data-path benchmarks share (sourced by
-# bench/run.sh, bench/datapath-served.sh and bench/datapath-fuse.sh; not
-# run on its own).
+# bench/run.sh, bench/nbd-server.sh, bench/datapath-served.sh and
+# bench/datapath-fuse.sh; not run on its own).
 #
 # The one thing every data-path script has in common is where its figures
 # go: one line per measurement appended to RESULTS (a TSV file), which
@@ -22,6 +22,24 @@
 
 failed=${failed:-0}
 problems=()
+
+# dp_settings QUICK_WORKLOADS: the settings of datapath-served.sh and
+# datapath-fuse.sh (documented at their tops), QUICK=1 giving one short
+# run of QUICK_WORKLOADS.
+dp_settings() {
+  BUILD=${BUILD:-build}
+  QUICK=${QUICK:-0}
+  if [ "$QUICK" = 1 ]; then
+    RUNS=${RUNS:-1} DP_SECONDS=${DP_SECONDS:-0.7} DP_RAMP=${DP_RAMP:-0.2}
+    SIZE=${SIZE:-128M} DP_WORKLOADS=${DP_WORKLOADS:-$1}
+  fi
+  RUNS=${RUNS:-3}
+  DP_SECONDS=${DP_SECONDS:-1}
+  DP_RAMP=${DP_RAMP:-0.25}
+  SIZE=${SIZE:-512M}
+  DP_IMAGE_DIR=${DP_IMAGE_DIR:-/dev/shm}
+  DP_WORKLOADS=${DP_WORKLOADS:-"seqread:1M:8 seqwrite:1M:8 randread:4k:1 randread:4k:32 randwrite:4k:1 randwrite:4k:32"}
+}
 
 say() { printf '%s\n' "$*" >&2; }
 step() { printf '%s: [%3ds] %s\n' "$ME" "$SECONDS" "$*" >&2; }

@@ -77,6 +77,9 @@ set -uo pipefail
 srcdir=$(cd "$(dirname "$0")/.." && pwd)
 cd "$srcdir" || exit 2
 export LC_ALL=C
+ME=nbd-server.sh
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 
 BUILD=${BUILD:-build}
 QUICK=${QUICK:-0}
@@ -109,9 +112,6 @@ GOAL_RSS_MIB=64
 PY=/usr/bin/python3             # Debian's python3 (PEERS.md)
 
 altpathd=$BUILD/altpathd
-
-say() { printf '%s\n' "$*" >&2; }
-step() { printf 'nbd-server.sh: [%3ds] %s\n' "$SECONDS" "$*" >&2; }
 
 missing=0
 if [ ! -x "$altpathd" ]; then
@@ -156,32 +156,6 @@ trap 'exit 130' INT TERM
 failed=0                        # a tool or a server failed, crashed or hung
 problems=()                     # what went wrong, for the report
 
-# run_tool NAME LIMIT_S OUT -- CMD...: as in run.sh.
-run_tool() {
-  local name=$1 limit=$2 out=$3 rc
-  shift 4
-  timeout --kill-after=10 "$limit" "$@" >"$out" 2>"$out.err"
-  rc=$?
-  [ "$rc" = 0 ] && return 0
-  tool_failed "$name" "$rc" "$out.err" "$*"
-  return 1
-}
-
-tool_failed() {                 # tool_failed NAME RC ERRFILE CMD
-  local name=$1 rc=$2 msg
-  failed=1
-  if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
-    msg="$name did not finish in time (killed): $4"
-  elif [ "$rc" -gt 128 ]; then
-    msg="$name died of signal $((rc - 128)): $4"
-  else
-    msg="$name failed (exit $rc): $4"
-  fi
-  say "nbd-server.sh: $msg"
-  tail -n 20 "$3" 2>/dev/null | sed 's/^/    /' >&2
-  problems+=("$msg")
-}
-
 median() {
   (($#)) || { echo -; return; }
   printf '%s\n' "$@" | sort -g | awk '{ a[NR] = $1 }
@@ -203,10 +177,6 @@ summary() {
   lo=$(printf '%s\n' "$@" | sort -g | head -n 1)
   hi=$(printf '%s\n' "$@" | sort -g | tail -n 1)
   if (($# == 1)); then fmt "$m"; else echo "$(fmt "$m") ($(fmt "$lo")–$(fmt "$hi"))"; fi
-}
-
-free_port() {
-  $PY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
 }
 
 # ------------------------------------------------------------------ files
@@ -372,23 +342,6 @@ run_copy() {
   COPY_CONNS=$(cat "$out.conns" 2>/dev/null || echo '?')
 }
 
-# fio's terse output, version 3: read side from field 6, write side from
-# 47; +2 is IOPS, +12..+31 the latency percentiles (lat, as "99.000000%=N").
-# parse_fio FILE RW prints "iops p50_us p99_us" (the read side, or the
-# write side for a write workload).
-parse_fio() {
-  awk -F';' -v rw="$2" '
-    $1 == 3 {
-      b = rw ~ /write/ ? 47 : 6; iops = $(b + 2)
-      for (i = b + 12; i <= b + 31; i++) {
-        split($i, kv, "%=")
-        if (kv[1] + 0 == 50) p50 = kv[2]
-        if (kv[1] + 0 == 99) p99 = kv[2]
-      }
-      printf "%.0f %s %s\n", iops, p50, p99
-    }' "$1"
-}
-
 mbs() { awk -v b="$1" -v t="$2" 'BEGIN { printf "%.1f", b / t / 1e6 }'; }
 
 # record ROW SERVER RUN VALUE UNIT P50 P99: one line in RESULTS (bench/lib.sh).
@@ -465,7 +418,7 @@ for ((run = 1; run <= RUNS; run++)); do
                  --time_based --runtime="$fio_runtime" --ramp_time="$fio_ramp" \
                  --norandommap --randrepeat=0 --lat_percentiles=1 \
                  --output-format=terse --terse-version=3; then
-          read -r iops p50 p99 <<<"$(parse_fio "$base.$rw.$qd" "$rw")"
+          read -r iops _ p50 p99 <<<"$(parse_fio "$base.$rw.$qd" "${rw#rand}")"
           if [ -n "${iops:-}" ]; then
             res[$row,$s,$run]=$iops lat[$row,$s,$run]="$p50 $p99"
             record "$(row_name "$rq" "$tr" "$sec")" "$s" "$run" "$iops" IOPS "$p50" "$p99"
