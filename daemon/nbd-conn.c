@@ -522,8 +522,10 @@ handshake (struct nbd_conn *c, uint8_t *optbuf)
       if (c->stamps)
         nbd_tls_set_pull (c->tls, tls_pull, tls_pull_timeout, c);
       nbd_hs_tls_started (&c->hs);
-      ap_debug (AP_DEBUG_CONTROL, "nbd: %s: TLS up, peer '%s'", c->addr,
-                c->peer);
+      char desc[128];
+      nbd_tls_describe (c->tls, desc, sizeof desc);
+      ap_debug (AP_DEBUG_CONTROL, "nbd: %s: TLS up, peer '%s', %s", c->addr,
+                c->peer, desc);
       break;
     }
     }

@@ -39,6 +39,9 @@ struct nbd_tls_session *nbd_tls_accept (struct nbd_tls *t, int fd,
                                         size_t peerlen, char *err,
                                         size_t errlen);
 
+/* The negotiated protocol, key exchange and cipher, as GnuTLS names them
+ * ("(TLS1.3)--(AES-128-GCM)" with a PSK), into buf. */
+void nbd_tls_describe (struct nbd_tls_session *s, char *buf, size_t len);
 /* Up to n bytes: > 0 read, 0 end of stream, -1 error (errno set; EAGAIN
  * when SO_RCVTIMEO expired). */
 ssize_t nbd_tls_recv (struct nbd_tls_session *s, void *buf, size_t n);

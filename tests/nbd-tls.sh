@@ -65,7 +65,7 @@ LISTEN="address = 127.0.0.1:$P;tls = require|address = unix:$tmp/nbd.sock;tls = 
 TLSCONF="psk-file = $tmp/psk/keys.psk;cert-dir = $tmp/x509;verify-peer = yes"
 DISK_OPTS=", allow=alice"
 write_conf "$tmp/a.conf"
-start_daemon "$tmp/a.conf"
+ALTPATH_DEBUG=control start_daemon "$tmp/a.conf"   # logs each TLS session
 fd0=$(fd_count)
 E=$(printf %s "$DISK" | sed 's/\$/%24/g')        # URI-escaped export names
 ERO=$(printf %s "$RODISK" | sed 's/\$/%24/g')
@@ -127,6 +127,17 @@ fd1=$(fd_count_settled "$fd0")
 [ "$fd1" -le "$fd0" ] || fail "descriptors leaked: $fd0 before, $fd1 after"
 grep -q "TLS handshake failed\|certificate not accepted" "$tmp/altpathd.log" \
   || fail "no TLS refusal logged"
+# The server picks the cipher: AES-GCM where the CPU has AES instructions
+# (libnbd alone would settle on ChaCha20 with a PSK, at a fraction of the
+# speed), ChaCha20-Poly1305 where it has not.
+if grep -qw aes /proc/cpuinfo && grep -qw pclmulqdq /proc/cpuinfo; then want=AES-128-GCM
+elif grep -q '^flags' /proc/cpuinfo; then want=CHACHA20-POLY1305
+else want=; fi
+grep "TLS up, peer 'alice'" "$tmp/altpathd.log" | head -1
+if [ -n "$want" ]; then
+  grep "TLS up, peer 'alice', (TLS1.3)" "$tmp/altpathd.log" | grep -q -- "($want)" \
+    || fail "PSK sessions did not use $want"
+fi
 cp "$tmp/altpathd.log" "$tmp/first.log"
 P2=$(free_port)
 stop_daemon
