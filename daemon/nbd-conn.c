@@ -182,7 +182,7 @@ nbd_errno (int e)
  * one), which is never earlier than the arrival of any byte read, and is
  * the arrival of a byte the client sent. */
 static ssize_t
-sock_recv (struct nbd_conn *c, void *buf, size_t n)
+sock_recv (struct nbd_conn *c, void *buf, size_t n, int flags)
 {
   union {
     char buf[CMSG_SPACE (sizeof (struct timespec))];
@@ -196,10 +196,10 @@ sock_recv (struct nbd_conn *c, void *buf, size_t n)
     if (c->stamps) {
       m.msg_control = ctl.buf;
       m.msg_controllen = sizeof ctl.buf;
-      r = recvmsg (c->fd, &m, 0);
+      r = recvmsg (c->fd, &m, flags);
     }
     else
-      r = recv (c->fd, buf, n, 0);
+      r = recv (c->fd, buf, n, flags);
     if (r >= 0 || errno != EINTR)
       break;
   }
@@ -220,7 +220,7 @@ sock_recv (struct nbd_conn *c, void *buf, size_t n)
 static ssize_t
 tls_pull (void *opaque, void *buf, size_t n)
 {
-  return sock_recv (opaque, buf, n);
+  return sock_recv (opaque, buf, n, 0);
 }
 
 static int
@@ -235,13 +235,14 @@ tls_pull_timeout (void *opaque, unsigned ms)
   return r;
 }
 
-/* Up to n bytes from the client: > 0, 0 at end of stream, -1 error. */
+/* Up to n bytes from the client: > 0, 0 at end of stream, -1 error.
+ * flags: MSG_WAITALL to wait for all n in one call (plaintext only). */
 static ssize_t
-raw_recv (struct nbd_conn *c, void *buf, size_t n)
+raw_recv (struct nbd_conn *c, void *buf, size_t n, int flags)
 {
   if (c->tls)
     return nbd_tls_recv (c->tls, buf, n);
-  return sock_recv (c, buf, n);
+  return sock_recv (c, buf, n, flags);
 }
 
 /* When the request just read reached this host, on CLOCK_MONOTONIC: the
@@ -298,15 +299,16 @@ read_exact (struct nbd_conn *c, void *dst, size_t n)
     }
     ssize_t r;
     if (d && n >= RBUF_SIZE / 2) {
-      /* Large payloads go straight into their buffer. */
-      r = raw_recv (c, d, n);
+      /* Large payloads go straight into their buffer, in one call
+       * rather than one per segment that arrived. */
+      r = raw_recv (c, d, n, MSG_WAITALL);
       if (r <= 0)
         return -1;
       d += r;
       n -= (size_t) r;
       continue;
     }
-    r = raw_recv (c, c->rbuf, RBUF_SIZE);
+    r = raw_recv (c, c->rbuf, RBUF_SIZE, 0);
     if (r <= 0)
       return -1;
     c->rpos = 0;
