@@ -109,6 +109,8 @@ struct direct_path {
   atomic_bool sq_stuck;         /* io_uring_submit kept failing; SQEs
                                    wait in the ring for the next submit */
   atomic_uint_fast64_t fence_gen; /* bumped by every fence() */
+  bool always_async;            /* the file cannot do non-blocking I/O:
+                                   send every SQE to io-wq at once */
 
   pthread_t reaper;
   unsigned batched;             /* reaper thread only: SQEs it prepared
@@ -221,6 +223,12 @@ prep_io (struct direct_path *d, struct io_uring_sqe *sqe, struct ap_io *io)
                              (off_t) io->offset, (off_t) io->length);
     break;
   }
+  /* io_uring would find out for each request that the file system cannot
+   * do it without blocking, and only then hand it to a worker: skip the
+   * attempt.  On tmpfs this gave 10-30% more 4 KiB IOPS through the NBD
+   * server (bench/nbd-server.sh). */
+  if (d->always_async)
+    sqe->flags |= IOSQE_ASYNC;
   io_uring_sqe_set_data64 (sqe, (uint64_t) (uintptr_t) io);
   handover_release (io);
 }
@@ -559,6 +567,27 @@ file_block_size (int fd)
   return bs;
 }
 
+/* Whether the file cannot do non-blocking I/O at all (tmpfs, most network
+ * and FUSE file systems): a one-block RWF_NOWAIT read then fails with
+ * EOPNOTSUPP, where block devices and local disk file systems read or say
+ * EAGAIN.  io_uring hands every request on such a file to its worker
+ * threads anyway. */
+static bool
+lacks_nowait (int fd, uint32_t block_size)
+{
+  void *buf;
+  bool lacks = false;
+
+  if (posix_memalign (&buf, block_size < 4096 ? 4096 : block_size,
+                      block_size) != 0)
+    return false;
+  struct iovec iov = { .iov_base = buf, .iov_len = block_size };
+  if (preadv2 (fd, &iov, 1, 0, RWF_NOWAIT) < 0 && errno == EOPNOTSUPP)
+    lacks = true;
+  free (buf);
+  return lacks;
+}
+
 /* Read a one-line sysfs attribute into buf, whitespace trimmed.  Returns
  * true if it holds something. */
 static bool
@@ -758,6 +787,8 @@ ap_path_open_direct (const char *file, const struct ap_direct_options *opt)
   else if (S_ISBLK (st.st_mode))
     block_identity (st.st_rdev, info->identity, sizeof info->identity);
 
+  d->always_async = lacks_nowait (d->fd, info->block_size);
+
   r = setup_ring (d, depth);
   if (r < 0) {
     ap_set_error (-r, "cannot set up io_uring (depth %u) for disk %s: %s; "
@@ -784,9 +815,11 @@ ap_path_open_direct (const char *file, const struct ap_direct_options *opt)
 
   ap_debug (AP_DEBUG_CONTROL,
             "%s: opened %s: size %" PRIu64 ", block size %" PRIu32
-            ", identity \"%s\", queue depth %u, cq limit %u",
+            ", identity \"%s\", queue depth %u, cq limit %u%s",
             info->name, file, info->size, info->block_size, info->identity,
-            depth, d->cq_limit);
+            depth, d->cq_limit, d->always_async
+            ? "; no non-blocking I/O on it: every request goes to "
+            "io_uring's workers" : "");
   return &d->base;
 
  err_ring:

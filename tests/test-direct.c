@@ -212,6 +212,27 @@ setup_tmp (void **state)
   return 0;
 }
 
+/* The same on tmpfs, whose files cannot do non-blocking I/O: the path
+ * then sends every request to io_uring's workers at once (IOSQE_ASYNC),
+ * which must change nothing a caller can see. */
+static int
+setup_shm (void **state)
+{
+  static struct fixture f;
+  if (access ("/dev/shm", W_OK) != 0)
+    skip ();
+  make_image ("/dev/shm", IMG_SIZE, f.file, sizeof f.file);
+  f.p = open_path (f.file, NULL);
+  if (!f.p && ap_get_errno () == EINVAL) {
+    unlink (f.file);            /* tmpfs before Linux 6.6: no O_DIRECT */
+    skip ();
+  }
+  if (!f.p)
+    fail_msg ("open %s: %s", f.file, ap_get_error ());
+  *state = &f;
+  return 0;
+}
+
 static int
 teardown (void **state)
 {
@@ -914,6 +935,10 @@ main (void)
     cmocka_unit_test_setup_teardown (test_open_close_many, setup_tmp,
                                      teardown),
     cmocka_unit_test_setup_teardown (test_threads, setup_tmp, teardown),
+    cmocka_unit_test_setup_teardown (test_write_read, setup_shm, teardown),
+    cmocka_unit_test_setup_teardown (test_many, setup_shm, teardown),
+    cmocka_unit_test_setup_teardown (test_fence_busy, setup_shm, teardown),
+    cmocka_unit_test_setup_teardown (test_threads, setup_shm, teardown),
     cmocka_unit_test (test_block_device),
   };
   pthread_condattr_t ca;
