@@ -112,6 +112,8 @@ struct nbd_conn {
   /* Receive buffer (reader thread only). */
   uint8_t *rbuf;
   size_t rpos, rlen;
+  size_t rbuf_want;             /* how much a refill asks for: RBUF_SIZE,
+                                   or one header after a large write */
 
   /* Arrival times (reader thread only; see the top of the file). */
   bool stamps;                  /* SO_TIMESTAMPNS is on (TCP) */
@@ -308,7 +310,10 @@ read_exact (struct nbd_conn *c, void *dst, size_t n)
       n -= (size_t) r;
       continue;
     }
-    r = raw_recv (c, c->rbuf, RBUF_SIZE, 0);
+    /* A header after a large write: that header only (transmission). */
+    size_t want = c->rbuf_want && n <= c->rbuf_want ? c->rbuf_want
+      : RBUF_SIZE;
+    r = raw_recv (c, c->rbuf, want, 0);
     if (r <= 0)
       return -1;
     c->rpos = 0;
@@ -607,15 +612,32 @@ static int build_reply (struct nbd_conn *c, struct slot *s,
                         struct iovec *iov);
 static void mark_dead (struct nbd_conn *c);
 
-/* Replies sent by the completing thread itself: at most this long. */
-#define ALONE_MAX (64u * 1024)
+/* Replies sent by the completing thread itself (send_alone) rather than
+ * by the writer, when nothing else is queued or being sent:
+ *  - the only request in flight, with a reply of at most ALONE_MAX: at
+ *    queue depth 1 the hand-off to the writer is a wake-up per request,
+ *    a good part of the request's time;
+ *  - any request of LARGE_ALONE bytes or more (nbdcopy reads and writes
+ *    256 KiB at a time):
+ *    one send per reply costs little next to such a request, and saves
+ *    the writer's wake-up (interleaved A/B over a Unix socket: 4-6% less
+ *    server CPU time for nbdcopy both ways).
+ * Below that, with many requests in flight, the writer's batches (one
+ * sendmsg for many replies) win: sending each 4 KiB reply alone took 30%
+ * more system calls per request at QD 32. */
+#define ALONE_MAX   (64u * 1024)
+#define LARGE_ALONE (64u * 1024)
 
-/* Send the reply of the only request in flight from the thread that
- * completed it, without waiting (called with c->sending set by us).  At
- * queue depth 1 the hand-off to the writer thread is a wake-up per
- * request, a good part of the request's time; with more in flight the
- * writer batches replies and this is not used.  A reply the socket
- * cannot take at once goes to the writer, which may block. */
+static bool
+reply_alone (const struct nbd_conn *c, const struct slot *s)
+{
+  return c->busy == 1
+    && (s->type != NBD_CMD_READ || s->error || s->length <= ALONE_MAX);
+}
+
+/* Send a reply from the thread that completed it, without waiting
+ * (called with c->sending set by us; see LARGE_ALONE).  A reply the
+ * socket cannot take at once goes to the writer, which may block. */
 static void
 send_alone (struct nbd_conn *c, struct slot *s)
 {
@@ -669,8 +691,8 @@ queue_reply (struct slot *s)
 
   s->next = NULL;
   pthread_mutex_lock (&c->lock);
-  if (c->busy == 1 && !c->q_head && !c->sending && !c->dead && !c->tls
-      && (s->type != NBD_CMD_READ || s->error || s->length <= ALONE_MAX)) {
+  if (!c->q_head && !c->sending && !c->dead && !c->tls
+      && (reply_alone (c, s) || s->length >= LARGE_ALONE)) {
     c->sending = true;
     pthread_mutex_unlock (&c->lock);
     send_alone (c, s);
@@ -1068,6 +1090,11 @@ transmission (struct nbd_conn *c)
       slot_release (c, s);
       break;
     }
+    /* After a large write, read the next header alone: a bulk refill
+     * would take in part of the next payload too, to be copied once
+     * more out of rbuf (up to half of every 256 KiB write nbdcopy
+     * sends).  Anything else: refill in bulk, many headers per recv. */
+    c->rbuf_want = v.payload >= RBUF_SIZE / 2 ? NBD_REQUEST_LEN : RBUF_SIZE;
     /* Taken after the payload: the newest stamp is then that of the
      * request's last bytes (or later ones), still the arrival of
      * something sent before the client closed (docs/served.md). */
