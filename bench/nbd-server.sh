@@ -612,7 +612,12 @@ load_end=$(cut -d' ' -f1-3 /proc/loadavg)
           x=${res[$row,$s,$run]:-}
           [ -n "$x" ] && v+=("$x")
         done
-        line+=" $(summary "${v[@]}") |"
+        if [ "$s" = ceiling ] && ! ((${#v[@]})) \
+           && { [ "$sec" = tls ] || [[ $wl == rand* ]]; }; then
+          line+=" not measured |"     # by design (see the top)
+        else
+          line+=" $(summary "${v[@]}") |"
+        fi
         c+="${c:+/}${conns[$row,$s]:--}"
       done
       [[ $wl == rand* ]] && c="1 each (fio)"
@@ -690,6 +695,8 @@ load_end=$(cut -d' ' -f1-3 /proc/loadavg)
         line="| $wl $tr $sec | $run |"
         for s in "${servers[@]}"; do
           x=${res[$row,$s,$run]:-failed}
+          [ "$x" = failed ] && [ "$s" = ceiling ] \
+            && { [ "$sec" = tls ] || [[ $wl == rand* ]]; } && x="–"
           l=${lat[$row,$s,$run]:-}
           [ -n "$l" ] && x+=" (${l/ / \/ })"
           line+=" $x |"
