@@ -142,11 +142,16 @@ struct nbd_conn {
   struct slot *q_head, *q_tail; /* replies to send, in completion order */
   unsigned busy;                /* slots not on the free list */
   bool sending;                 /* a thread is writing replies */
-  struct slot *handoff;         /* a reply sent in part without waiting,
-                                   for the writer to finish */
-  size_t handoff_sent;          /* bytes of it already sent */
+  struct slot *handoff;         /* replies (a list through next) sent in
+                                   part without waiting, for the writer
+                                   to finish */
+  size_t handoff_sent;          /* bytes of them already sent */
   bool reader_done;             /* no further request will be taken */
   bool dead;                    /* the socket failed: drop replies */
+  unsigned deferrals;           /* completion threads that will look at
+                                   our queue at the end of their run
+                                   (flush_deferred); the connection
+                                   stays until none does */
 };
 
 /* ------------------------------------------------------------ errors */
@@ -612,7 +617,7 @@ static int build_reply (struct nbd_conn *c, struct slot *s,
                         struct iovec *iov);
 static void mark_dead (struct nbd_conn *c);
 
-/* Replies sent by the completing thread itself (send_alone) rather than
+/* Replies sent by the completing thread itself (send_now) rather than
  * by the writer, when nothing else is queued or being sent:
  *  - the only request in flight, with a reply of at most ALONE_MAX: at
  *    queue depth 1 the hand-off to the writer is a wake-up per request,
@@ -635,15 +640,18 @@ reply_alone (const struct nbd_conn *c, const struct slot *s)
     && (s->type != NBD_CMD_READ || s->error || s->length <= ALONE_MAX);
 }
 
-/* Send a reply from the thread that completed it, without waiting
- * (called with c->sending set by us; see LARGE_ALONE).  A reply the
- * socket cannot take at once goes to the writer, which may block. */
+/* Send a list of replies (through next, at most BATCH_SLOTS) from the
+ * thread that completed them, without waiting (called with c->sending
+ * set by us).  What the socket cannot take at once goes to the writer,
+ * which may block. */
 static void
-send_alone (struct nbd_conn *c, struct slot *s)
+send_now (struct nbd_conn *c, struct slot *list)
 {
-  struct iovec iov[3];
-  int n = build_reply (c, s, iov);
+  struct iovec iov[BATCH_SLOTS * 3];
+  int n = 0;
   size_t total = 0;
+  for (struct slot *s = list; s; s = s->next)
+    n += build_reply (c, s, iov + n);
   for (int i = 0; i < n; i++)
     total += iov[i].iov_len;
   struct msghdr m = { .msg_iov = iov, .msg_iovlen = (size_t) n };
@@ -652,38 +660,88 @@ send_alone (struct nbd_conn *c, struct slot *s)
     r = sendmsg (c->fd, &m, MSG_NOSIGNAL | MSG_DONTWAIT);
   while (r < 0 && errno == EINTR);
 
-  if (r >= 0 && (size_t) r < total) {
+  if ((r >= 0 && (size_t) r < total)
+      || (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))) {
     pthread_mutex_lock (&c->lock);
-    c->handoff = s;
-    c->handoff_sent = (size_t) r;
-    pthread_cond_signal (&c->reply_cond);
-    pthread_mutex_unlock (&c->lock);
-    return;
-  }
-  if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-    pthread_mutex_lock (&c->lock);
-    c->handoff = s;
-    c->handoff_sent = 0;
+    c->handoff = list;
+    c->handoff_sent = r > 0 ? (size_t) r : 0;
     pthread_cond_signal (&c->reply_cond);
     pthread_mutex_unlock (&c->lock);
     return;
   }
   if (r < 0)
-    mark_dead (c);              /* the reply is dropped, as the writer does */
-  slot_drop_buf (c, s);
+    mark_dead (c);              /* the replies are dropped, as the writer does */
+  for (struct slot *s = list; s; s = s->next)
+    slot_drop_buf (c, s);
   pthread_mutex_lock (&c->lock);
-  slot_free_locked (c, s);
+  for (struct slot *s = list; s;) {
+    struct slot *next = s->next;
+    slot_free_locked (c, s);
+    s = next;
+  }
   c->sending = false;
   pthread_cond_broadcast (&c->slot_cond);
   /* Wake the writer only if it has something to do: a wake-up per
    * request is what this function saves. */
-  if (c->q_head || (c->reader_done && c->busy == 0))
+  if (c->q_head || (c->reader_done && c->busy == 0 && c->deferrals == 0))
     pthread_cond_signal (&c->reply_cond);
   pthread_mutex_unlock (&c->lock);
 }
 
+/* Connections whose replies this completion thread put off to the end
+ * of its run (ap_in_completion_run), and each one's place there. */
+#define DEFER_MAX 64
+static _Thread_local struct nbd_conn *deferred[DEFER_MAX];
+static _Thread_local unsigned ndeferred;
+
+/* Put c on this thread's list (c->lock held); false if it is full. */
+static bool
+defer (struct nbd_conn *c)
+{
+  for (unsigned i = 0; i < ndeferred; i++)
+    if (deferred[i] == c)
+      return true;
+  if (ndeferred == DEFER_MAX)
+    return false;
+  deferred[ndeferred++] = c;
+  c->deferrals++;
+  return true;
+}
+
+/* The end of a completion run (ap_set_completion_hook): send what each
+ * connection on the list has queued, in one system call, unless its
+ * writer is at it already.  At queue depth 32 a run has about four
+ * completions; the writer's wake-up for them is saved. */
+void
+nbd_conn_completion_run_end (void)
+{
+  for (unsigned i = 0; i < ndeferred; i++) {
+    struct nbd_conn *c = deferred[i];
+    pthread_mutex_lock (&c->lock);
+    c->deferrals--;
+    if (c->q_head && !c->sending && !c->dead) {
+      struct slot *list = c->q_head, *last = list;
+      for (unsigned k = 1; k < BATCH_SLOTS && last->next; k++)
+        last = last->next;
+      c->q_head = last->next;
+      if (!c->q_head)
+        c->q_tail = NULL;
+      last->next = NULL;
+      c->sending = true;
+      pthread_mutex_unlock (&c->lock);
+      send_now (c, list);
+      continue;
+    }
+    if (c->q_head || (c->reader_done && c->busy == 0 && c->deferrals == 0))
+      pthread_cond_signal (&c->reply_cond);
+    pthread_mutex_unlock (&c->lock);
+  }
+  ndeferred = 0;
+}
+
 /* Put a finished slot on the reply queue (any thread; never blocks for
- * long), or send its reply at once when it is the only one (send_alone). */
+ * long): for the writer, or for the end of the completion run this
+ * thread is in; or send its reply at once (see LARGE_ALONE). */
 static void
 queue_reply (struct slot *s)
 {
@@ -695,7 +753,7 @@ queue_reply (struct slot *s)
       && (reply_alone (c, s) || s->length >= LARGE_ALONE)) {
     c->sending = true;
     pthread_mutex_unlock (&c->lock);
-    send_alone (c, s);
+    send_now (c, s);
     return;
   }
   if (c->q_tail)
@@ -703,7 +761,9 @@ queue_reply (struct slot *s)
   else
     c->q_head = s;
   c->q_tail = s;
-  pthread_cond_signal (&c->reply_cond);
+  /* TLS replies go through the writer only (a blocking GnuTLS send). */
+  if (c->tls || c->dead || !ap_in_completion_run () || !defer (c))
+    pthread_cond_signal (&c->reply_cond);
   pthread_mutex_unlock (&c->lock);
 }
 
@@ -922,18 +982,22 @@ writer_thread (void *arg)
 
   for (;;) {
     pthread_mutex_lock (&c->lock);
+    /* Not done while a completion thread may still look at the queue
+     * (deferrals): the connection is freed after we return. */
     while (!c->handoff && !(c->q_head && !c->sending)
-           && !(c->reader_done && c->busy == 0))
+           && !(c->reader_done && c->busy == 0 && c->deferrals == 0))
       pthread_cond_wait (&c->reply_cond, &c->lock);
     if (c->handoff) {
-      /* The rest of a reply send_alone could not send without waiting
-       * (c->sending is still set for it). */
-      struct slot *s = c->handoff;
+      /* The rest of replies send_now could not send without waiting
+       * (c->sending is still set for them). */
+      struct slot *list = c->handoff;
       size_t skip = c->handoff_sent;
       c->handoff = NULL;
       bool dead = c->dead;
       pthread_mutex_unlock (&c->lock);
-      int n = build_reply (c, s, iov), i = 0;
+      int n = 0, i = 0;
+      for (struct slot *s = list; s; s = s->next)
+        n += build_reply (c, s, iov + n);
       while (i < n && skip >= iov[i].iov_len)
         skip -= iov[i++].iov_len;
       if (i < n) {
@@ -942,9 +1006,14 @@ writer_thread (void *arg)
       }
       if (!dead && i < n && send_iov (c, iov + i, n - i) < 0)
         mark_dead (c);
-      slot_drop_buf (c, s);
+      for (struct slot *s = list; s; s = s->next)
+        slot_drop_buf (c, s);
       pthread_mutex_lock (&c->lock);
-      slot_free_locked (c, s);
+      for (struct slot *s = list; s;) {
+        struct slot *next = s->next;
+        slot_free_locked (c, s);
+        s = next;
+      }
       c->sending = false;
       pthread_cond_broadcast (&c->slot_cond);
       pthread_mutex_unlock (&c->lock);

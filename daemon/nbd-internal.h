@@ -67,5 +67,8 @@ int nbd_conn_start (struct nbd_conn *c);
 void nbd_conn_force_close (struct nbd_conn *c);
 /* Join its thread (if started) and free it. */
 void nbd_conn_free (struct nbd_conn *c);
+/* The library's completion-run hook (ap_set_completion_hook): sends the
+ * replies the run's completions put off. */
+void nbd_conn_completion_run_end (void);
 
 #endif /* ALTPATHD_NBD_INTERNAL_H */

@@ -146,6 +146,8 @@ nbd_server_new (const struct nbd_server_tls *tls, char *err, size_t errlen)
   }
   s->stop_pipe[0] = s->stop_pipe[1] = -1;
   s->wake_pipe[0] = s->wake_pipe[1] = -1;
+  /* Replies completed together go out together (nbd-conn.c). */
+  ap_set_completion_hook (nbd_conn_completion_run_end);
   pthread_mutex_init (&s->lock, NULL);
   atomic_init (&s->stopping, false);
 

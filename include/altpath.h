@@ -74,6 +74,18 @@ typedef void ap_io_done_fn (struct ap_io *io, int err);
 struct ap_path;
 struct ap_unit;
 
+/* Completion runs.  A direct path's completion thread takes the
+ * completions that are ready together, calls done() for each, and then,
+ * before it waits for more, calls the hook set here.  Inside done(),
+ * ap_in_completion_run() says whether that call will follow on the
+ * calling thread: work a caller may put off until then (the NBD server
+ * sends the replies of a run in one system call) can wait for it.  The
+ * hook runs on a library thread and must not block.  NULL: no hook (the
+ * default), and ap_in_completion_run() is then always false. */
+typedef void ap_completion_hook_fn (void);
+void ap_set_completion_hook (ap_completion_hook_fn *hook);
+bool ap_in_completion_run (void);
+
 /* A request.  The caller owns the memory and fills the first block of
  * fields; the library owns the rest between ap_unit_submit() and the call
  * of done(), and the caller must neither touch nor free it then.  No

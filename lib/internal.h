@@ -71,6 +71,10 @@ void ap_path_init (struct ap_path *p, const struct ap_path_ops *ops,
 int ap_path_submit (struct ap_path *p, struct ap_io *io);
 /* Every completion of a path goes through here exactly once. */
 void ap_path_done (struct ap_path *p, struct ap_io *io, int err);
+/* Around a run of completions on a path's completion thread: the end
+ * calls the hook of ap_set_completion_hook(). */
+void ap_completion_run_begin (void);
+void ap_completion_run_end (void);
 /* Requests the unit makes for itself (probes, flushes on switch). */
 #define AP_IO_KIND_USER  0
 #define AP_IO_KIND_PROBE 1

@@ -450,6 +450,7 @@ reaper_thread (void *arg)
     /* Take every CQE that is there.  Each is released (cqe_seen) before
      * it is handled, so callbacks that submit never find the CQ full of
      * entries that were already read. */
+    ap_completion_run_begin ();
     do {
       uint64_t ud = io_uring_cqe_get_data64 (cqe);
       int res = cqe->res;
@@ -470,6 +471,7 @@ reaper_thread (void *arg)
       if (d->batched >= BATCH_MAX)
         reaper_flush (d);
     } while (io_uring_peek_cqe (&d->ring, &cqe) == 0);
+    ap_completion_run_end ();
   }
   reaping = NULL;
   return NULL;

@@ -1,6 +1,8 @@
 /* path.c — what every path kind shares: initialisation, the trace hook,
  * and the single doorway every submission and completion passes through.
  */
+#include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -41,6 +43,38 @@ ap_path_done (struct ap_path *p, struct ap_io *io, int err)
     p->trace (p->trace_opaque, p, AP_TRACE_DONE, io,
               io->internal.kind == AP_IO_KIND_PROBE, err);
   p->owner_done (p->owner, p, io, err);
+}
+
+static _Atomic (ap_completion_hook_fn *) completion_hook;
+static _Thread_local bool in_run;
+
+void
+ap_set_completion_hook (ap_completion_hook_fn *hook)
+{
+  atomic_store (&completion_hook, hook);
+}
+
+bool
+ap_in_completion_run (void)
+{
+  return in_run;
+}
+
+void
+ap_completion_run_begin (void)
+{
+  in_run = atomic_load (&completion_hook) != NULL;
+}
+
+void
+ap_completion_run_end (void)
+{
+  if (!in_run)
+    return;
+  in_run = false;
+  ap_completion_hook_fn *hook = atomic_load (&completion_hook);
+  if (hook)
+    hook ();
 }
 
 void

@@ -49,6 +49,8 @@ static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t cond;     /* CLOCK_MONOTONIC; set up in main */
 static unsigned completed;      /* all completions, all requests */
 static bool gate_closed;        /* hold the reaper inside the callback */
+static unsigned in_run_seen;    /* completions inside a completion run */
+static unsigned hook_calls;     /* ends of runs (test_completion_hook) */
 
 static void
 record_done (void *owner, struct ap_path *p, struct ap_io *io, int err)
@@ -62,6 +64,8 @@ record_done (void *owner, struct ap_path *p, struct ap_io *io, int err)
     pthread_cond_wait (&cond, &lock);
   t->count++;
   t->err = err;
+  if (ap_in_completion_run ())
+    in_run_seen++;
   completed++;
   pthread_cond_broadcast (&cond);
   pthread_mutex_unlock (&lock);
@@ -385,6 +389,62 @@ test_trim_zero (void **state)
 {
   struct fixture *f = *state;
   check_trim_zero (f->p, f->file);
+}
+
+/* The completion-run hook: every completion of a direct path comes inside
+ * a run that ends with a call of the hook, on the same thread, after the
+ * completions it holds; without a hook no completion is in a run. */
+static void many_in_flight (struct ap_path *p, enum ap_op op, unsigned n,
+                            void *bufs, struct treq *t);
+
+static unsigned hook_in_run;     /* hook calls that saw a run going on */
+
+static void
+count_hook (void)
+{
+  bool in = ap_in_completion_run ();   /* on the reaper: no cmocka here */
+  pthread_mutex_lock (&lock);
+  hook_calls++;
+  hook_in_run += in;
+  pthread_mutex_unlock (&lock);
+}
+
+static void
+test_completion_hook (void **state)
+{
+  struct fixture *f = *state;
+  enum { N = 32 };
+  static struct treq t[N];
+  static char bufs[N * 4096] __attribute__ ((aligned (4096)));
+
+  assert_false (ap_in_completion_run ());
+  ap_set_completion_hook (count_hook);
+  pthread_mutex_lock (&lock);
+  in_run_seen = hook_calls = 0;
+  pthread_mutex_unlock (&lock);
+  many_in_flight (f->p, AP_OP_WRITE, N, bufs, t);
+  /* The last run's hook may still be running: wait for it. */
+  uint64_t until = ap_now_ns () + WAIT_NS;
+  unsigned calls;
+  do {
+    pthread_mutex_lock (&lock);
+    calls = hook_calls;
+    pthread_mutex_unlock (&lock);
+  } while (calls == 0 && ap_now_ns () < until && usleep (1000) == 0);
+  pthread_mutex_lock (&lock);
+  assert_int_equal (in_run_seen, N);
+  assert_in_range (hook_calls, 1, N);
+  assert_int_equal (hook_in_run, 0);
+  pthread_mutex_unlock (&lock);
+
+  ap_set_completion_hook (NULL);
+  pthread_mutex_lock (&lock);
+  in_run_seen = 0;
+  pthread_mutex_unlock (&lock);
+  many_in_flight (f->p, AP_OP_WRITE, N, bufs, t);
+  pthread_mutex_lock (&lock);
+  assert_int_equal (in_run_seen, 0);
+  pthread_mutex_unlock (&lock);
 }
 
 static void
@@ -924,6 +984,8 @@ main (void)
     cmocka_unit_test_setup_teardown (test_write_read, setup_tmp, teardown),
     cmocka_unit_test_setup_teardown (test_trim_zero, setup_tmp, teardown),
     cmocka_unit_test (test_tmpfs),
+    cmocka_unit_test_setup_teardown (test_completion_hook, setup_tmp,
+                                     teardown),
     cmocka_unit_test_setup_teardown (test_many, setup_tmp, teardown),
     cmocka_unit_test_setup_teardown (test_chained, setup_tmp, teardown),
     cmocka_unit_test_setup_teardown (test_fence_idle, setup_tmp, teardown),

@@ -367,10 +367,44 @@ def slow_reader_one_at_a_time():
     r.close()
 
 
+def slow_reader_small():
+    # Many 4 KiB reads in flight while the client reads nothing: the
+    # replies of a completion run go out together from the completing
+    # thread (nbd-conn.c, nbd_conn_completion_run_end); once the socket
+    # is full, a whole run's list goes out in part and the writer must
+    # finish it, in order, each reply once.
+    print("many small replies in flight, not read until the socket is full")
+    r = Raw(timeout=30, rcvbuf=16384)
+    r.go()
+    ln = 4096
+    r.req(CMD_WRITE, 0, 256 * ln, 1,
+          payload=b"".join(bytes([i]) * ln for i in range(256)))
+    c, e, _ = r.read_reply()
+    check(c == 1 and e == 0, "write for the reads")
+    n = 3000                        # 12 MiB of replies
+    r.s.sendall(b"".join(struct.pack(">IHHQQI", REQMAGIC, 0, CMD_READ,
+                                     100 + i, (i % 256) * ln, ln)
+                         for i in range(n)))
+    time.sleep(1)
+    seen = set()
+    for _ in range(n):
+        c, e, d = r.read_reply()
+        check(c not in seen, "reply %d twice" % c)
+        seen.add(c)
+        check(e == 0 and d == bytes([(c - 100) % 256]) * ln,
+              "read %d data" % c)
+    check(seen == set(range(100, 100 + n)), "all %d replies" % n)
+    r.req(CMD_FLUSH, 0, 0, 1)
+    c, e, _ = r.read_reply()
+    check(c == 1 and e == 0, "flush afterwards")
+    r.close()
+
+
 handshake_cases()
 transmission_cases()
 slow_reader()
 slow_reader_one_at_a_time()
+slow_reader_small()
 
 if failures:
     print("%d failure(s)" % len(failures))
