@@ -397,15 +397,55 @@ note_once (struct cluster *c, const char *key, bool failing)
   return true;
 }
 
-static struct ap_path *
-open_served (struct cluster *c, const struct reg_node *n,
-             const struct reg_disk *d)
-{
+/* A served path to open: filled in by reconcile(), opened by
+ * open_all_served() on worker threads, reported and used by reconcile(). */
+struct to_open {
+  const struct reg_node *n;
+  const struct reg_disk *d;
+  struct ap_served_options o;
   char uri[REG_URI_MAX + 3 * AP_NAME_MAX], name[AP_NAME_MAX];
-  served_uri (n, d->device, uri, sizeof uri);
-  snprintf (name, sizeof name, "served:%s", n->name);
-  struct ap_served_options o = {
-    .name = name, .uri = uri,
+  struct ap_path *p;            /* NULL: failed, with err */
+  char err[512];
+};
+
+/* Opening a served path waits for a connection and an NBD handshake (up
+ * to connect_timeout_ms when the peer does not answer): one at a time, a
+ * node with 250 disks served by one peer took 10-15 s to converge, and
+ * minutes when that peer's packets were dropped.  Up to this many open
+ * at once. */
+#define OPEN_WORKERS 16
+
+struct open_batch {
+  struct to_open *v;
+  size_t n;
+  atomic_size_t next;
+};
+
+static void *
+open_worker (void *arg)
+{
+  struct open_batch *b = arg;
+  size_t i;
+  while ((i = atomic_fetch_add (&b->next, 1)) < b->n) {
+    struct to_open *t = &b->v[i];
+    t->p = ap_path_open_served (&t->o);
+    if (!t->p)
+      snprintf (t->err, sizeof t->err, "%s", ap_get_error ());
+  }
+  return NULL;
+}
+
+static void
+prepare_served (struct cluster *c, const struct reg_node *n,
+                const struct reg_disk *d, struct to_open *t)
+{
+  memset (t, 0, sizeof *t);
+  t->n = n;
+  t->d = d;
+  served_uri (n, d->device, t->uri, sizeof t->uri);
+  snprintf (t->name, sizeof t->name, "served:%s", n->name);
+  t->o = (struct ap_served_options) {
+    .name = t->name, .uri = t->uri,
     .tls_psk_file = c->knobs.client_psk_file[0] ? c->knobs.client_psk_file
     : NULL,
     .tls_username = c->knobs.client_username[0] ? c->knobs.client_username
@@ -418,16 +458,36 @@ open_served (struct cluster *c, const struct reg_node *n,
     .fence_wait_ms = c->knobs.fence_wait_ms,
     .identity = d->identity,
   };
-  struct ap_path *p = ap_path_open_served (&o);
-  char key[REG_NAME_MAX + AP_NAME_MAX + 2];
-  snprintf (key, sizeof key, "%s/%s", n->name, d->device);
-  if (!p && note_once (c, key, true))
-    ap_warn ("cluster: %s: no served path through %s yet (retrying "
-             "quietly): %s", d->device, n->name, ap_get_error ());
-  else if (p && note_once (c, key, false))
-    ap_info ("cluster: %s: served path through %s connected", d->device,
-             n->name);
-  return p;
+}
+
+/* Open every path of v at once (at most OPEN_WORKERS at a time; on this
+ * thread alone if threads cannot be had), then say what became of each. */
+static void
+open_all_served (struct cluster *c, struct to_open *v, size_t n)
+{
+  struct open_batch b = { .v = v, .n = n };
+  pthread_t th[OPEN_WORKERS];
+  size_t started = 0;
+
+  atomic_init (&b.next, 0);
+  for (; n > 1 && started < OPEN_WORKERS && started < n; started++)
+    if (pthread_create (&th[started], NULL, open_worker, &b) != 0)
+      break;
+  open_worker (&b);             /* this thread helps, and covers n == 1 */
+  for (size_t i = 0; i < started; i++)
+    pthread_join (th[i], NULL);
+
+  for (size_t i = 0; i < n; i++) {
+    struct to_open *t = &v[i];
+    char key[REG_NAME_MAX + AP_NAME_MAX + 2];
+    snprintf (key, sizeof key, "%s/%s", t->n->name, t->d->device);
+    if (!t->p && note_once (c, key, true))
+      ap_warn ("cluster: %s: no served path through %s yet (retrying "
+               "quietly): %s", t->d->device, t->n->name, t->err);
+    else if (t->p && note_once (c, key, false))
+      ap_info ("cluster: %s: served path through %s connected",
+               t->d->device, t->n->name);
+  }
 }
 
 static bool
@@ -624,6 +684,10 @@ reconcile (struct cluster *c, const struct direct_disk *direct, size_t nd,
 
   if (view_ok) {
     check_ports (c, v);
+    /* The served paths to open: all of them at once, then each used in
+     * the registry's order (the first one of a disk makes its unit). */
+    struct to_open *todo = NULL;
+    size_t ntodo = 0;
     for (size_t i = 0; i < v->ndisks; i++) {
       const struct reg_disk *d = &v->disks[i];
       if (strcmp (d->node, c->node) == 0)
@@ -643,23 +707,42 @@ reconcile (struct cluster *c, const struct direct_disk *direct, size_t nd,
         c->rescan_wanted = true;
         continue;
       }
-      struct ap_path *p = open_served (c, n, d);
+      if (!todo && !(todo = calloc (v->ndisks, sizeof *todo))) {
+        ap_error ("cluster: out of memory opening served paths; trying "
+                  "again in 0.5 s");
+        wake = now + 500000000u;
+        break;
+      }
+      prepare_served (c, n, d, &todo[ntodo++]);
+    }
+    if (ntodo)
+      open_all_served (c, todo, ntodo);
+    for (size_t i = 0; i < ntodo; i++) {
+      struct to_open *t = &todo[i];
+      struct ap_path *p = t->p;
       if (!p) {
         wake = now + 500000000u;        /* try again soon */
         continue;
       }
+      struct lunit *lu = find_unit (c, t->d->device);
+      if (lu && lu->nserved >= MAX_SERVED) {
+        ap_path_close (p);
+        continue;
+      }
       if (!lu) {
-        lu = new_unit (c, d->device, p);
+        lu = new_unit (c, t->d->device, p);
         changed = true;
       }
       else if (ap_unit_add_path (lu->ex->unit, p, 0) < 0) {
         ap_error ("cluster: %s: served path through %s refused: %s",
-                  d->device, n->name, ap_get_error ());
+                  t->d->device, t->n->name, ap_get_error ());
         continue;
       }
       if (lu)
-        snprintf (lu->served[lu->nserved++], REG_NAME_MAX, "%s", n->name);
+        snprintf (lu->served[lu->nserved++], REG_NAME_MAX, "%s",
+                  t->n->name);
     }
+    free (todo);
     /* Served paths whose node no longer serves the disk. */
     for (size_t i = 0; i < c->nunits; i++) {
       struct lunit *lu = &c->units[i];
