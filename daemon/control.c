@@ -55,6 +55,7 @@
 #include "daemon.h"
 #include "client-threads.h"
 #include "control-request.h"
+#include "accept-trouble.h"
 #include "log.h"
 
 #ifndef SO_PEERGROUPS
@@ -118,6 +119,7 @@ struct control {
   int stop_pipe[2];             /* [0] readable once stopping */
   pthread_t acceptor;
   bool acceptor_started;
+  struct accept_trouble accept_trouble;
   atomic_uint nwatchers;        /* a fast "nobody listens" for events */
 
   pthread_mutex_t lock;         /* the fields below; a leaf (see top) */
@@ -878,15 +880,14 @@ static void
 accept_one (struct control *ctl)
 {
   int fd = accept4 (ctl->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+  char what[sizeof ctl->path + 32];
+  snprintf (what, sizeof what, "the control socket %s", ctl->path);
   if (fd < 0) {
-    if (errno == EMFILE || errno == ENFILE || errno == ENOMEM
-        || errno == ENOBUFS) {
-      ap_warn ("control: cannot accept a client on %s: %s; retrying",
-               ctl->path, strerror (errno));
-      usleep (100000);          /* the backlog waits; no busy loop */
-    }
+    if (accept_trouble_failed (&ctl->accept_trouble, what, errno))
+      usleep (ACCEPT_TROUBLE_WAIT_MS * 1000);   /* no busy loop */
     return;
   }
+  accept_trouble_ok (&ctl->accept_trouble, what);
   struct ucred cr = { .pid = 0, .uid = (uid_t) -1, .gid = (gid_t) -1 };
   if (!peer_allowed (ctl, fd, &cr)) {
     ap_warn ("control: uid %u (pid %d) refused on %s: neither root nor %s",

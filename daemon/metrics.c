@@ -50,6 +50,7 @@
 #include "clock.h"
 #include "daemon.h"
 #include "client-threads.h"
+#include "accept-trouble.h"
 #include "log.h"
 
 /* Limits (a test may define smaller ones before including this file). */
@@ -90,6 +91,7 @@ _Static_assert (offsetof (struct client, ct) == 0,
 
 struct metrics {
   char where[300];              /* host:port, for messages */
+  struct accept_trouble accept_trouble;
   char node[64];
   char daemon_version[64];
   struct metrics_view view;     /* its strings point at the copies above */
@@ -806,15 +808,14 @@ accept_one (struct metrics *m)
   socklen_t salen = sizeof sa;
   int fd = accept4 (m->listen_fd, (struct sockaddr *) &sa, &salen,
                     SOCK_NONBLOCK | SOCK_CLOEXEC);
+  char what[sizeof m->where + 32];
+  snprintf (what, sizeof what, "the metrics listener on %s", m->where);
   if (fd < 0) {
-    if (errno == EMFILE || errno == ENFILE || errno == ENOMEM
-        || errno == ENOBUFS) {
-      ap_warn ("metrics: cannot accept a client on %s: %s; retrying",
-               m->where, strerror (errno));
-      usleep (100000);          /* the backlog waits; no busy loop */
-    }
+    if (accept_trouble_failed (&m->accept_trouble, what, errno))
+      usleep (ACCEPT_TROUBLE_WAIT_MS * 1000);   /* no busy loop */
     return;
   }
+  accept_trouble_ok (&m->accept_trouble, what);
   struct client *cl = calloc (1, sizeof *cl);
   if (cl) {
     cl->m = m;

@@ -37,6 +37,7 @@
 #include <sys/stat.h>
 #include <sys/un.h>
 
+#include "accept-trouble.h"
 #include "clock.h"
 #include "log.h"
 #include "nbd-internal.h"
@@ -46,6 +47,7 @@ struct listener {
   enum tls_mode tls;
   char desc[300];               /* "127.0.0.1:10809", "unix:/run/x.sock" */
   char unix_path[108];          /* removed at close; "" for TCP */
+  struct accept_trouble accept_trouble;
 };
 
 struct conn_entry {
@@ -414,10 +416,19 @@ accept_one (struct nbd_server *s, struct listener *l)
   int fd = accept4 (l->fd, (struct sockaddr *) &ss, &sl, SOCK_CLOEXEC);
 
   if (fd < 0) {
-    if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR
-        && errno != ECONNABORTED)
+    char what[sizeof l->desc + 32];
+    snprintf (what, sizeof what, "the NBD listener on %s", l->desc);
+    if (accept_trouble_failed (&l->accept_trouble, what, errno))
+      usleep (ACCEPT_TROUBLE_WAIT_MS * 1000);   /* no busy loop */
+    else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR
+             && errno != ECONNABORTED)
       ap_warn ("NBD server: accept on %s: %s", l->desc, strerror (errno));
     return;
+  }
+  if (l->accept_trouble.failing) {
+    char what[sizeof l->desc + 32];
+    snprintf (what, sizeof what, "the NBD listener on %s", l->desc);
+    accept_trouble_ok (&l->accept_trouble, what);
   }
   if (ss.ss_family == AF_UNIX)
     snprintf (addr, sizeof addr, "%s", l->desc);

@@ -36,6 +36,7 @@
 
 #include "../daemon/exports.c"
 #include "../daemon/control.c"
+#include "../daemon/accept-trouble.c"
 
 /* --------------------------------------------------------------- parser */
 
