@@ -8,6 +8,7 @@
  *   [listen]    address = 127.0.0.1:10809 | [::1]:10809 | unix:/run/x.sock
  *               tls = off | on | require           (one section per listener)
  *   [tls]       psk-file = ...  cert-dir = ...  verify-peer = no  allow = a, b
+ *               priority = NORMAL:...   (GnuTLS; replaces ours)
  *   [units]     request-timeout-ms = 2000  verify-timeout-ms = 2000
  *   [port B]    alloclass = 4  glob = /srv/shared/disk*.img  read-only = no
  *               allow = a b    100 = /srv/shared/disk100.img, read-only
@@ -49,6 +50,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <gnutls/gnutls.h>
 #include <ini.h>
 
 #include "daemon.h"
@@ -129,7 +131,7 @@ struct parser {
   /* Line of each key checked in finish(). */
   unsigned node_name_line, node_alloclass_line;
   unsigned metrics_listen_line;
-  unsigned psk_line, cert_line, verify_line, allow_line;
+  unsigned psk_line, cert_line, verify_line, allow_line, priority_line;
   struct listen_lines *ll;      /* parallel to cfg->listen */
   struct port_lines *pl;        /* parallel to cfg->ports */
   struct disk_extra *dx;        /* parallel to cfg->disks */
@@ -834,8 +836,32 @@ handle_tls (struct parser *p, const char *key, const char *value)
     p->allow_line = line;
     return 0;
   }
+  if (strcmp (key, "priority") == 0) {
+    /* Checked here, so that a typo is an error with a line number and
+     * not a daemon that refuses every TLS client. */
+    gnutls_priority_t prio;
+    const char *errpos = NULL;
+    size_t n = strlen (value);
+    if (n == 0 || n >= sizeof cfg->tls_priority) {
+      fail_key (p, line, key, "give a GnuTLS priority string of 1 to %zu "
+                "characters, such as NORMAL:%%SERVER_PRECEDENCE",
+                sizeof cfg->tls_priority - 1);
+      return -1;
+    }
+    int r = gnutls_priority_init (&prio, value, &errpos);
+    if (r < 0) {
+      fail_key (p, line, key, "GnuTLS refuses '%s' at '%s': %s; "
+                "'gnutls-cli --priority STRING --list' shows what a string "
+                "allows", value, errpos ? errpos : value, gnutls_strerror (r));
+      return -1;
+    }
+    gnutls_priority_deinit (prio);
+    memcpy (cfg->tls_priority, value, n + 1);
+    p->priority_line = line;
+    return 0;
+  }
   fail_key (p, line, key, "unknown key in [tls]; [tls] takes 'psk-file', "
-            "'cert-dir', 'verify-peer' and 'allow'");
+            "'cert-dir', 'verify-peer', 'allow' and 'priority'");
   return -1;
 }
 
@@ -1583,6 +1609,12 @@ finish (struct parser *p)
     fail_key (p, p->verify_line, "verify-peer", "client certificates are "
               "checked against X.509 credentials, but [tls] has no "
               "cert-dir; set cert-dir, or verify-peer = no");
+    return -1;
+  }
+  if (cfg->tls_priority[0] && !have_creds) {
+    fail_key (p, p->priority_line, "priority", "a TLS priority string, but "
+              "[tls] has neither psk-file nor cert-dir, so no TLS session "
+              "could use it; set one of them");
     return -1;
   }
   if (cfg->nallow && !have_creds) {

@@ -86,6 +86,7 @@ struct config {
   char tls_cert_dir[4096];      /* X.509: ca-cert.pem, server-cert.pem,
                                    server-key.pem, as qemu/nbdkit */
   char tls_verify_peer;         /* X.509: require a client certificate */
+  char tls_priority[1024];      /* GnuTLS priority string; "": ours */
   char **allow;                 /* peers allowed on every export; NULL:
                                    any */
   size_t nallow;
@@ -172,6 +173,7 @@ struct nbd_server_tls {
   const char *psk_file;         /* NULL: no PSK */
   const char *cert_dir;         /* NULL: no X.509 */
   bool verify_peer;
+  const char *priority;         /* NULL: the server's own choice */
 };
 
 struct nbd_server *nbd_server_new (const struct nbd_server_tls *tls,

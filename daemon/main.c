@@ -170,6 +170,8 @@ print_config (const struct config *cfg)
   if (cfg->tls_cert_dir[0])
     printf ("tls cert-dir %s%s\n", cfg->tls_cert_dir,
             cfg->tls_verify_peer ? ", client certificates required" : "");
+  if (cfg->tls_priority[0])
+    printf ("tls priority %s\n", cfg->tls_priority);
   printf ("units: request timeout %u ms, verify timeout %u ms\n",
           cfg->request_timeout_ms, cfg->verify_timeout_ms);
   printf ("control socket %s%s, for root%s%s\n", cfg->control_socket,
@@ -522,7 +524,8 @@ same_listeners (const struct config *a, const struct config *b)
   if (a->nlisten != b->nlisten
       || strcmp (a->tls_psk_file, b->tls_psk_file) != 0
       || strcmp (a->tls_cert_dir, b->tls_cert_dir) != 0
-      || a->tls_verify_peer != b->tls_verify_peer)
+      || a->tls_verify_peer != b->tls_verify_peer
+      || strcmp (a->tls_priority, b->tls_priority) != 0)
     return false;
   for (size_t i = 0; i < a->nlisten; i++) {
     const struct config_listen *x = &a->listen[i], *y = &b->listen[i];
@@ -719,6 +722,7 @@ main (int argc, char **argv)
     .psk_file = dm.cfg.tls_psk_file[0] ? dm.cfg.tls_psk_file : NULL,
     .cert_dir = dm.cfg.tls_cert_dir[0] ? dm.cfg.tls_cert_dir : NULL,
     .verify_peer = dm.cfg.tls_verify_peer,
+    .priority = dm.cfg.tls_priority[0] ? dm.cfg.tls_priority : NULL,
   };
   /* Read once: a reload (SIGHUP) keeps the budget the daemon started
    * with. */

@@ -55,7 +55,7 @@ extra_srcs () {
 pkg () { pkg-config "$@" 2>/dev/null; }
 extra_libs () {
   case $1 in
-    fuzz-config) pkg --cflags --libs inih || echo -linih ;;
+    fuzz-config) pkg --cflags --libs inih gnutls || echo -linih -lgnutls ;;
     fuzz-registry) pkg --cflags --libs json-c libcurl \
                      || echo -ljson-c -lcurl ;;
     *) ;;

@@ -142,10 +142,18 @@ cp "$tmp/altpathd.log" "$tmp/first.log"
 P2=$(free_port)
 stop_daemon
 LISTEN="address = 127.0.0.1:$P2;tls = on"
+# [tls] priority replaces the server's choice: ChaCha20 only, TLS 1.3 only;
+# the PSK key exchanges are still added, or alice could not connect.
+TLSCONF="$TLSCONF;priority = NORMAL:-CIPHER-ALL:+CHACHA20-POLY1305:-VERS-ALL:+VERS-TLS1.3"
 write_conf "$tmp/b.conf"
-start_daemon "$tmp/b.conf"
+ALTPATH_DEBUG=control start_daemon "$tmp/b.conf"
 $PY "$SRCDIR/tests/nbd/tlsraw.py" reset 127.0.0.1 "$P2" "$RODISK" "$tmp/alice" \
   || fail "state reset after STARTTLS"
+[ "$(nbdinfo --size "nbds://alice@127.0.0.1:$P2/$E?$PSK")" = 67108864 ] \
+  || fail "PSK alice under [tls] priority"
+grep "TLS up, peer 'alice', (TLS1.3)" "$tmp/altpathd.log" \
+  | grep -q -- "(CHACHA20-POLY1305)" \
+  || fail "[tls] priority did not put the session on ChaCha20"
 
 alive || fail "altpathd died"
 stop_daemon

@@ -102,6 +102,7 @@ test_good (void **state)
     "[TLS]\n"
     "psk_file = keys.psk\n"                  /* '_' for '-', relative */
     "allow = alice, bob carol\n"
+    "priority = NORMAL:%SERVER_PRECEDENCE:-VERS-TLS1.2\n"
     "[units]\n"
     "request-timeout-ms = 1500\n"
     "[port b]\n"
@@ -137,6 +138,7 @@ test_good (void **state)
   assert_true (cfg.listen[3].tls_explicit);
   snprintf (want, sizeof want, "%s/keys.psk", dir);
   assert_string_equal (cfg.tls_psk_file, want);
+  assert_string_equal (cfg.tls_priority, "NORMAL:%SERVER_PRECEDENCE:-VERS-TLS1.2");
   assert_int_equal (cfg.nallow, 3);
   assert_string_equal (cfg.allow[2], "carol");
   assert_int_equal (cfg.request_timeout_ms, 1500);
@@ -149,7 +151,7 @@ test_good (void **state)
   assert_string_equal (d->identity, "WWN-100");
   assert_int_equal (d->nallow, 1);      /* the port's list */
   assert_string_equal (d->allow[0], "alice");
-  assert_int_equal (d->line, 24);
+  assert_int_equal (d->line, 25);
   d = find_disk (&cfg, "$4$DKB101");
   assert_non_null (d);
   assert_true (d->read_only);           /* the port's default */
@@ -295,6 +297,12 @@ static const struct bad bad_configs[] = {
   { NODE LISTEN "[tls]\nverify-peer = yes\n", "line 6, key 'verify-peer'",
     "no cert-dir" },
   { NODE LISTEN "[tls]\nallow = alice\n", "line 6, key 'allow'",
+    "neither psk-file nor cert-dir" },
+  { NODE LISTEN "[tls]\npsk-file = keys.psk\npriority = NORMAL:+NOSUCH\n",
+    "line 7, key 'priority'", "refuses 'NORMAL:+NOSUCH' at '+NOSUCH'" },
+  { NODE LISTEN "[tls]\npsk-file = keys.psk\npriority = \n",
+    "line 7, key 'priority'", "GnuTLS priority string" },
+  { NODE LISTEN "[tls]\npriority = NORMAL\n", "line 6, key 'priority'",
     "neither psk-file nor cert-dir" },
   { NODE LISTEN "[tls]\nallow = ,\n", "line 6, key 'allow'",
     "the list is empty" },
