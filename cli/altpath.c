@@ -379,6 +379,22 @@ simple_call (const char *cmd, const char *device, const char *path,
   return st;
 }
 
+/* simple_call for the commands whose --json output is the daemon's answer
+ * as it came: with --json the answer is printed here and *reply is NULL,
+ * so that the caller has only its text to write. */
+static int
+query (const char *cmd, const char *device, const char *path,
+       json_object **reply)
+{
+  int st = simple_call (cmd, device, path, reply);
+  if (st == EXIT_OK && opt.json) {
+    print_json (*reply);
+    json_object_put (*reply);
+    *reply = NULL;
+  }
+  return st;
+}
+
 /* -------------------------------------------------------------- commands */
 
 /* The first path of unit whose boolean field flag ("active",
@@ -399,14 +415,9 @@ static int
 cmd_show_devices (void)
 {
   json_object *r;
-  int st = simple_call ("list", NULL, NULL, &r);
-  if (st)
+  int st = query ("list", NULL, NULL, &r);
+  if (st || !r)
     return st;
-  if (opt.json) {
-    print_json (r);
-    json_object_put (r);
-    return EXIT_OK;
-  }
   json_object *units = jobj (r, "devices");
   if (jlen (units) == 0) {
     printf ("node %s has no devices\n", jstr (r, "node"));
@@ -589,12 +600,10 @@ static int
 cmd_show_device (const char *name)
 {
   json_object *r;
-  int st = simple_call ("show", name, NULL, &r);
-  if (st)
+  int st = query ("show", name, NULL, &r);
+  if (st || !r)
     return st;
-  if (opt.json)
-    print_json (r);
-  else if (opt.full)
+  if (opt.full)
     print_device_full (r, jobj (r, "device"));
   else
     print_device (r, jobj (r, "device"));
@@ -606,14 +615,9 @@ static int
 cmd_show_cluster (void)
 {
   json_object *r;
-  int st = simple_call ("cluster", NULL, NULL, &r);
-  if (st)
+  int st = query ("cluster", NULL, NULL, &r);
+  if (st || !r)
     return st;
-  if (opt.json) {
-    print_json (r);
-    json_object_put (r);
-    return EXIT_OK;
-  }
   if (!jbool (r, "in_cluster")) {
     printf ("node %s is not in a cluster (its configuration has no "
             "[registry] section)\n", jstr (r, "node"));
@@ -718,14 +722,9 @@ cmd_change (enum change what, const char *device, const char *path)
     [CH_DISABLE] = "disable-path", [CH_ENABLE] = "enable-path",
   };
   json_object *r;
-  int st = simple_call (cmd[what], device, path, &r);
-  if (st)
+  int st = query (cmd[what], device, path, &r);
+  if (st || !r)
     return st;
-  if (opt.json) {
-    print_json (r);
-    json_object_put (r);
-    return EXIT_OK;
-  }
   json_object *u = jobj (r, "device");
   const char *dev = jstr (u, "name")[0] ? jstr (u, "name") : device;
   const char *p = jstr (r, "path")[0] ? jstr (r, "path") : path;
@@ -758,15 +757,12 @@ static int
 cmd_rescan (void)
 {
   json_object *r;
-  int st = simple_call ("rescan", NULL, NULL, &r);
-  if (st)
+  int st = query ("rescan", NULL, NULL, &r);
+  if (st || !r)
     return st;
-  if (opt.json)
-    print_json (r);
-  else
-    printf ("rescan done: node %s has %" PRId64 " device%s\n",
-            jstr (r, "node"), jint (r, "device_count"),
-            jint (r, "device_count") == 1 ? "" : "s");
+  printf ("rescan done: node %s has %" PRId64 " device%s\n",
+          jstr (r, "node"), jint (r, "device_count"),
+          jint (r, "device_count") == 1 ? "" : "s");
   json_object_put (r);
   return EXIT_OK;
 }
@@ -775,14 +771,11 @@ static int
 cmd_ping (void)
 {
   json_object *r;
-  int st = simple_call ("ping", NULL, NULL, &r);
-  if (st)
+  int st = query ("ping", NULL, NULL, &r);
+  if (st || !r)
     return st;
-  if (opt.json)
-    print_json (r);
-  else
-    printf ("%s on node %s answers on %s\n", jstr (r, "daemon"),
-            jstr (r, "node"), opt.socket);
+  printf ("%s on node %s answers on %s\n", jstr (r, "daemon"),
+          jstr (r, "node"), opt.socket);
   json_object_put (r);
   return EXIT_OK;
 }
