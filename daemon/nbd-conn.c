@@ -617,21 +617,16 @@ static int build_reply (struct nbd_conn *c, struct slot *s,
                         struct iovec *iov);
 static void mark_dead (struct nbd_conn *c);
 
-/* Replies sent by the completing thread itself (send_now) rather than
- * by the writer, when nothing else is queued or being sent:
- *  - the only request in flight, with a reply of at most ALONE_MAX: at
- *    queue depth 1 the hand-off to the writer is a wake-up per request,
- *    a good part of the request's time;
- *  - any request of LARGE_ALONE bytes or more (nbdcopy reads and writes
- *    256 KiB at a time):
- *    one send per reply costs little next to such a request, and saves
- *    the writer's wake-up (interleaved A/B over a Unix socket: 4-6% less
- *    server CPU time for nbdcopy both ways).
- * Below that, with many requests in flight, the writer's batches (one
- * sendmsg for many replies) win: sending each 4 KiB reply alone took 30%
- * more system calls per request at QD 32. */
+/* A reply sent by the completing thread itself (send_now) rather than
+ * by the writer, when nothing else is queued or being sent: the only
+ * request in flight, with a reply of at most ALONE_MAX.  At queue depth 1
+ * the hand-off to the writer is a wake-up per request, a good part of the
+ * request's time.  With more in flight the replies of a completion run go
+ * out together at its end (nbd_conn_completion_run_end), or from the
+ * writer: sending each 4 KiB reply alone took 30% more system calls per
+ * request at QD 32, and sending each 256 KiB one alone (nbdcopy) took
+ * 20-40% more server CPU time over TCP (interleaved A/B, 2026-12-07). */
 #define ALONE_MAX   (64u * 1024)
-#define LARGE_ALONE (64u * 1024)
 
 static bool
 reply_alone (const struct nbd_conn *c, const struct slot *s)
@@ -741,7 +736,7 @@ nbd_conn_completion_run_end (void)
 
 /* Put a finished slot on the reply queue (any thread; never blocks for
  * long): for the writer, or for the end of the completion run this
- * thread is in; or send its reply at once (see LARGE_ALONE). */
+ * thread is in; or send its reply at once (see ALONE_MAX). */
 static void
 queue_reply (struct slot *s)
 {
@@ -750,7 +745,7 @@ queue_reply (struct slot *s)
   s->next = NULL;
   pthread_mutex_lock (&c->lock);
   if (!c->q_head && !c->sending && !c->dead && !c->tls
-      && (reply_alone (c, s) || s->length >= LARGE_ALONE)) {
+      && reply_alone (c, s)) {
     c->sending = true;
     pthread_mutex_unlock (&c->lock);
     send_now (c, s);
