@@ -850,7 +850,7 @@ handle_tls (struct parser *p, const char *key, const char *value)
     }
     int r = gnutls_priority_init (&prio, value, &errpos);
     if (r < 0) {
-      fail_key (p, line, key, "GnuTLS refuses '%s' at '%s': %s; "
+      fail_key (p, line, key, "GnuTLS refuses '%s' at '%s' (%s); "
                 "'gnutls-cli --priority STRING --list' shows what a string "
                 "allows", value, errpos ? errpos : value, gnutls_strerror (r));
       return -1;

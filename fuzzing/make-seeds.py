@@ -102,6 +102,7 @@ psk-file = keys.psk
 cert-dir = pki
 verify-peer = yes
 allow = beta, gamma delta
+priority = NORMAL:%SERVER_PRECEDENCE:-VERS-ALL:+VERS-TLS1.3
 [units]
 request-timeout-ms = 2000
 verify-timeout-ms = 3000
@@ -160,6 +161,8 @@ glob = shared/disk*.img
     "bad-disk": NODE + LISTEN + "[port B]\n100 = \"/dev/null\n",
     "bad-allow": NODE + LISTEN + "[tls]\npsk-file = keys.psk\nallow = alice\n"
         "[port A]\n1 = local/disk0, allow=mallory\n",
+    "bad-priority": NODE + LISTEN + "[tls]\npsk-file = keys.psk\n"
+        "priority = NORMAL:-VERS-ALL:+VERS-TLS9.9\n",
     "bad-address": NODE + "[listen]\naddress = [fe80::zz]:1\n",
     "bad-nul": NODE + "[listen]\naddress = 127.0.0.1\0:1\n",
     "bad-long-line": NODE + LISTEN + "[port B]\n1 = /" + "x" * 4400 + "\n",
