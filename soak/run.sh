@@ -152,6 +152,7 @@ fi
 
 # ------------------------------------------------------------- set-up
 T=$(mktemp -d /dev/shm/ap-soak.XXXXXX)
+. "$(dirname "$0")/../tests/lib/cluster.sh"
 NS=apsoak$$
 VR=aps$$r
 VB=aps$$b
@@ -213,14 +214,7 @@ cat "$T/schedule.txt" >> "$LOG"
 say "soak: ${#SCHED[@]} faults drawn (schedule in the log; as many as fit will run)"
 
 # network: B in its own namespace behind a veth
-ip netns add "$NS" || { echo "soak: cannot create a network namespace"; exit 77; }
-ip link add "$VR" type veth peer name "$VB" || { echo "soak: cannot create a veth pair"; exit 77; }
-ip link set "$VB" netns "$NS"
-ip addr add "$IPA/24" dev "$VR"
-ip link set "$VR" up
-ip -n "$NS" addr add "$IPB/24" dev "$VB"
-ip -n "$NS" link set "$VB" up
-ip -n "$NS" link set lo up
+cluster_net || { echo "soak: skipped: no network namespace"; exit 77; }
 
 # registry: three etcd members, all on the veth's root-side address
 CLUSTER="e1=http://$IPA:$((EPORT[1] + 1)),e2=http://$IPA:$((EPORT[2] + 1)),e3=http://$IPA:$((EPORT[3] + 1))"
@@ -260,48 +254,14 @@ for u in 100 101 102; do ln -s "${LOOP[$u]}" "$T/bus/disk$u.img"; done
 HOT=103      # the hot-added disk; no verifier uses it
 hot_in=0
 
-conf () {   # conf NODE IP ATTACHED
-  cat > "$T/$1.conf" <<EOF
-[node]
-name = $1
-[listen]
-address = $2:${LPORT[$1]}
-tls = off
-[registry]
-backend = etcd
+REG="backend = etcd
 endpoints = $ENDPOINTS
-lease-ms = 2000
-[cluster]
-local-socket = $T/$1.sock
-local-tcp = 127.0.0.1:${TPORT[$1]}
-fault-dir = $T/faults-$1
-request-timeout-ms = 500
-checker-interval-ms = 200
-failback-ms = 1000
-deadline-ms = 500
-direct-wait-ms = 1000
-devices = none
-[control]
-socket = $T/$1.ctl
-EOF
-  if [ "$3" = yes ]; then
-    printf '[port B]\nalloclass = 4\nglob = %s\n' "$T/bus/disk*.img" >> "$T/$1.conf"
-  fi
-}
-conf A "$IPA" yes
-conf B "$IPB" yes
-conf C "$IPA" no
-
-start () {
-  local n=$1
-  echo "---- start $(date -u +%T.%N)" >> "$T/$n.log"
-  if [ "$n" = B ]; then
-    ip netns exec "$NS" "$BUILD/altpathd" --config "$T/B.conf" >> "$T/B.log" 2>&1 &
-  else
-    "$BUILD/altpathd" --config "$T/$n.conf" >> "$T/$n.log" 2>&1 &
-  fi
-  node_pid[$n]=$!
-}
+lease-ms = 2000"
+for n in A B C; do
+  ip=$IPA; [ $n = B ] && ip=$IPB
+  attached=yes; [ $n = C ] && attached=no
+  cluster_conf $n "$ip:${LPORT[$n]}" "$REG" "127.0.0.1:${TPORT[$n]}" $attached
+done
 
 # The units every node must have, for monitor.py; and the one it may
 # have: a removed disk's unit stays on the nodes (see "disk" below).
@@ -349,7 +309,7 @@ settle () {
 
 expect_units
 say "starting nodes A, B (in netns $NS) and C; registry: etcd e1-e3 on $IPA"
-start A; start B; start C
+cluster_start A; cluster_start B; cluster_start C
 /usr/bin/python3 "$HERE/monitor.py" "$T" 0.2 &
 MONPID=$!
 settle 30 || die "the cluster did not come up"
@@ -408,7 +368,7 @@ inject () {   # inject KIND TARGET PARAM MS
     kill)
       say "#$FI inject  SIGKILL node $n (down for $ms ms)"
       kill -9 "${node_pid[$n]}"; wait "${node_pid[$n]}" 2> /dev/null
-      msleep "$ms"; start "$n"
+      msleep "$ms"; cluster_start "$n"
       say "#$FI restore node $n restarted (pid ${node_pid[$n]})" ;;
     stop)
       say "#$FI inject  SIGSTOP node $n for $ms ms"
@@ -423,7 +383,7 @@ inject () {   # inject KIND TARGET PARAM MS
         kill -9 "${node_pid[$n]}"
       fi
       wait "${node_pid[$n]}" 2> /dev/null
-      start "$n"
+      cluster_start "$n"
       say "#$FI restore node $n started again (pid ${node_pid[$n]})" ;;
     linkcut)
       say "#$FI inject  link cut: B's veth down for $ms ms"

@@ -32,6 +32,7 @@ for b in altpathd altpath ap-verify; do
 done
 
 T=$(mktemp -d /dev/shm/ap-e2e.XXXXXX)
+. "$(dirname "$0")/lib/cluster.sh"
 NS=ape2e$$
 VR=ap$$r
 VB=ap$$b
@@ -57,14 +58,7 @@ trap cleanup EXIT
 fail () { log "FAIL: $*"; for n in A B C; do echo "---- log of $n"; tail -n 40 "$T/$n.log"; done; exit 1; }
 
 # ---------------------------------------------------------------- network
-ip netns add "$NS" || exit 77
-ip link add "$VR" type veth peer name "$VB" || exit 77
-ip link set "$VB" netns "$NS"
-ip addr add "$IPA/24" dev "$VR"
-ip link set "$VR" up
-ip -n "$NS" addr add "$IPB/24" dev "$VB"
-ip -n "$NS" link set "$VB" up
-ip -n "$NS" link set lo up
+cluster_net || exit 77
 
 # ------------------------------------------------------------- registry
 mkdir -p "$T/bus" "$T/reg" "$T/faults-A" "$T/faults-B" "$T/faults-C"
@@ -91,49 +85,9 @@ fi
 # ------------------------------------------------------------- disks
 for u in 100 101 102; do truncate -s 64M "$T/bus/disk$u.img"; done
 
-port_b="[port B]
-alloclass = 4
-glob = $T/bus/disk*.img"
-
-# conf NODE IP PORT ATTACHED
-conf () {
-  cat > "$T/$1.conf" <<EOF
-[node]
-name = $1
-[listen]
-address = $2:$3
-tls = off
-[registry]
-$REG
-[cluster]
-local-socket = $T/$1.sock
-fault-dir = $T/faults-$1
-request-timeout-ms = 500
-checker-interval-ms = 200
-failback-ms = 1000
-deadline-ms = 500
-direct-wait-ms = 1000
-devices = none
-[control]
-socket = $T/$1.ctl
-EOF
-  [ "$4" = yes ] && printf '%s\n' "$port_b" >> "$T/$1.conf"
-  [ "$1" = C ] && sed -i "s|^\[cluster\]|[cluster]\nlocal-tcp = 127.0.0.1:10913|" "$T/C.conf"
-  return 0
-}
-conf A "$IPA" 10901 yes
-conf B "$IPB" 10902 yes
-conf C "$IPA" 10903 no
-
-start () {
-  local n=$1
-  if [ "$n" = B ]; then
-    ip netns exec "$NS" "$BUILD/altpathd" --config "$T/B.conf" >> "$T/B.log" 2>&1 &
-  else
-    "$BUILD/altpathd" --config "$T/$n.conf" >> "$T/$n.log" 2>&1 &
-  fi
-  node_pid[$n]=$!
-}
+cluster_conf A "$IPA:10901" "$REG" "" yes
+cluster_conf B "$IPB:10902" "$REG" "" yes
+cluster_conf C "$IPA:10903" "$REG" 127.0.0.1:10913 no
 
 # units_of NODE: the device names on the node's local socket
 units_of () { nbdinfo --list --json "nbd+unix:///?socket=$T/$1.sock" 2> /dev/null \
@@ -170,7 +124,7 @@ wait_active () {
 }
 
 log "starting nodes A, B (in netns $NS) and C; registry: $BACKEND"
-start A; start B; start C
+cluster_start A; cluster_start B; cluster_start C
 ALL3='$4$DKB100 $4$DKB101 $4$DKB102'
 for n in A B C; do wait_units "$n" "$ALL3" 15; done
 for d in '$4$DKB100' '$4$DKB101' '$4$DKB102'; do
@@ -219,7 +173,7 @@ wait_active C '$4$DKB100' 'served:B' 15
 log "C's units fail over to B"
 sleep 1
 log "restart node A"
-start A
+cluster_start A
 wait_units A "$ALL3" 15
 wait_active A '$4$DKB100' direct 10
 
