@@ -242,14 +242,11 @@ nbd_tls_new (const struct nbd_server_tls *cfg, char *err, size_t errlen)
 
   /* The operator's string replaces ours whole; the PSK key exchanges are
    * added to either, as qemu does, or a PSK could never be used. */
-  char prio[1280];
-  if (cfg->priority)
-    snprintf (prio, sizeof prio, "%s%s", cfg->priority,
-              t->psk ? ":+ECDHE-PSK:+DHE-PSK:+PSK" : "");
-  else
-    snprintf (prio, sizeof prio, "NORMAL:%%SERVER_PRECEDENCE%s"
-              ":-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2%s", cipher_order (),
-              t->psk ? ":+ECDHE-PSK:+DHE-PSK:+PSK" : "");
+  char ours[256], prio[1280];
+  snprintf (ours, sizeof ours, "NORMAL:%%SERVER_PRECEDENCE%s"
+            ":-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2", cipher_order ());
+  snprintf (prio, sizeof prio, "%s%s", cfg->priority ? cfg->priority : ours,
+            t->psk ? ":+ECDHE-PSK:+DHE-PSK:+PSK" : "");
   r = gnutls_priority_init (&t->priority, prio, &errpos);
   if (r < 0) {
     seterr (err, errlen, "TLS priority string '%s' refused at '%s': %s",
