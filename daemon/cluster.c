@@ -1209,6 +1209,12 @@ cluster_json (struct cluster *c)
  * network), its backend ("dir", "etcd"), and how many configuration
  * errors across nodes this node has found (the list is cluster_json's
  * "configuration_errors"). */
+void
+cluster_local_nbd_stats (struct cluster *c, struct nbd_server_stats *st)
+{
+  nbd_server_get_stats (c->local, st);
+}
+
 bool
 cluster_registry_ok (struct cluster *c, const char **backend,
                      size_t *config_errors)

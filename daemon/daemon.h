@@ -189,6 +189,16 @@ void nbd_server_set_exports (struct nbd_server *s, struct export **exports,
 int nbd_server_run (struct nbd_server *s, int quit_fd);
 void nbd_server_free (struct nbd_server *s);
 
+/* What the server's connections have been (metrics.c).  Counted from the
+ * server's start; `open` is now. */
+struct nbd_server_stats {
+  uint64_t accepted;            /* connections accepted */
+  uint64_t refused;             /* closed at once: too many, or no memory */
+  uint64_t sessions;            /* handshakes that opened an export */
+  size_t open;                  /* connections open now (any phase) */
+};
+void nbd_server_get_stats (struct nbd_server *s, struct nbd_server_stats *st);
+
 /* ----------------------------------------------------------- exports.c */
 
 /* Open one configured disk for serving: a unit over one direct path.  On
@@ -247,6 +257,9 @@ void cluster_set_event_hook (struct cluster *c, ap_event_fn *fn,
  * configuration errors across nodes were found) if not NULL. */
 bool cluster_registry_ok (struct cluster *c, const char **backend,
                           size_t *config_errors);
+/* For metrics.c: the connections of the node's local exports of its units
+ * (local-socket, local-tcp). */
+void cluster_local_nbd_stats (struct cluster *c, struct nbd_server_stats *st);
 
 /* ----------------------------------------------------------- control.c */
 
@@ -314,6 +327,10 @@ struct metrics_view {
    * as cluster_registry_ok. */
   bool (*registry) (void *opaque, bool *healthy, const char **backend,
                     size_t *config_errors);
+  /* The NBD connections of the server for peers; and, in a cluster, of
+   * the local exports of the units (returns false when there are none). */
+  void (*nbd_peers) (void *opaque, struct nbd_server_stats *st);
+  bool (*nbd_local) (void *opaque, struct nbd_server_stats *st);
   void *opaque;
 };
 

@@ -493,6 +493,23 @@ view_registry (void *opaque, bool *healthy, const char **backend,
   return true;
 }
 
+static void
+view_nbd_peers (void *opaque, struct nbd_server_stats *st)
+{
+  struct daemon *dm = opaque;
+  nbd_server_get_stats (dm->server, st);
+}
+
+static bool
+view_nbd_local (void *opaque, struct nbd_server_stats *st)
+{
+  struct daemon *dm = opaque;
+  if (!dm->cluster)
+    return false;
+  cluster_local_nbd_stats (dm->cluster, st);
+  return true;
+}
+
 /* The metrics listener, with a [metrics] section only.  It was asked for,
  * so failing to open it stops the start, as a listener does. */
 static int
@@ -503,6 +520,7 @@ start_metrics (struct daemon *dm)
   struct metrics_view view = {
     .node = dm->cfg.node, .daemon_version = "altpathd " ALTPATHD_VERSION,
     .units = view_units, .served = view_served, .registry = view_registry,
+    .nbd_peers = view_nbd_peers, .nbd_local = view_nbd_local,
     .opaque = dm,
   };
   char err[2048];

@@ -248,6 +248,48 @@ histogram (struct out *o, const char *name, const char *labels,
       }                                                                 \
   } while (0)
 
+/* The NBD server's connections: server="peers" is the one that serves
+ * this node's disks to its peers, server="local" the local exports of the
+ * units (in a cluster). */
+static void
+render_nbd (struct metrics *m, struct out *o)
+{
+  struct { const char *name; struct nbd_server_stats st; } v[2];
+  size_t n = 0;
+
+  if (m->view.nbd_peers) {
+    v[n].name = "peers";
+    m->view.nbd_peers (m->view.opaque, &v[n++].st);
+  }
+  if (m->view.nbd_local && m->view.nbd_local (m->view.opaque, &v[n].st))
+    v[n++].name = "local";
+  if (n == 0)
+    return;
+  family (o, "altpath_nbd_connections", "gauge",
+          "NBD connections open now, in any phase (handshake or I/O).");
+  for (size_t i = 0; i < n; i++)
+    out_printf (o, "altpath_nbd_connections{server=\"%s\"} %zu\n",
+                v[i].name, v[i].st.open);
+  family (o, "altpath_nbd_connections_accepted_total", "counter",
+          "NBD connections accepted since the daemon started.");
+  for (size_t i = 0; i < n; i++)
+    out_printf (o, "altpath_nbd_connections_accepted_total{server=\"%s\"} "
+                "%" PRIu64 "\n", v[i].name, v[i].st.accepted);
+  family (o, "altpath_nbd_connections_refused_total", "counter",
+          "NBD connections closed as soon as accepted: too many open "
+          "(16384), or no memory or thread for them (see the log).");
+  for (size_t i = 0; i < n; i++)
+    out_printf (o, "altpath_nbd_connections_refused_total{server=\"%s\"} "
+                "%" PRIu64 "\n", v[i].name, v[i].st.refused);
+  family (o, "altpath_nbd_sessions_total", "counter",
+          "NBD connections whose handshake opened a disk; the difference "
+          "to accepted is lists, aborts and refused handshakes (no such "
+          "disk, TLS, a peer not allowed).");
+  for (size_t i = 0; i < n; i++)
+    out_printf (o, "altpath_nbd_sessions_total{server=\"%s\"} %" PRIu64
+                "\n", v[i].name, v[i].st.sessions);
+}
+
 static void
 render_node (struct metrics *m, struct out *o, size_t nunits)
 {
@@ -264,6 +306,8 @@ render_node (struct metrics *m, struct out *o, size_t nunits)
           "reaches directly).");
   out_printf (o, "altpath_served_exports %zu\n",
               m->view.served ? m->view.served (m->view.opaque) : 0);
+
+  render_nbd (m, o);
 
   family (o, "altpath_units", "gauge",
           "The node's units (devices): the cluster's units in a cluster, "

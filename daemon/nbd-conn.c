@@ -1210,6 +1210,7 @@ conn_thread (void *arg)
   }
   free (optbuf);
   if (tflags >= 0) {
+    nbd_server_session_opened (c->srv);
     set_rcvtimeo (c->fd, 0);
     ap_debug (AP_DEBUG_CONTROL, "nbd: %s: export '%s' (peer '%s')",
               c->addr, c->export->name, c->peer);

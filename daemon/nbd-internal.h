@@ -55,6 +55,8 @@ struct export **nbd_server_exports_get (struct nbd_server *s, size_t *n);
 void nbd_server_exports_put (struct export **v, size_t n);
 /* The connection thread is about to return: the server may join it. */
 void nbd_server_conn_done (struct nbd_server *s, void *link);
+/* A connection's handshake opened an export (counted for metrics). */
+void nbd_server_session_opened (struct nbd_server *s);
 
 /* --------------------------------------------------------- nbd-conn.c */
 

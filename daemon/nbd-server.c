@@ -69,6 +69,7 @@ struct nbd_server {
   size_t nexports;
   struct conn_entry *conns;
   size_t nconns;
+  struct nbd_server_stats stats;  /* all but `open` (which is nconns) */
 };
 
 static const char *
@@ -119,6 +120,14 @@ nbd_server_exports_put (struct export **v, size_t n)
   for (size_t i = 0; i < n; i++)
     export_put (v[i]);
   free (v);
+}
+
+void
+nbd_server_session_opened (struct nbd_server *s)
+{
+  pthread_mutex_lock (&s->lock);
+  s->stats.sessions++;
+  pthread_mutex_unlock (&s->lock);
 }
 
 void
@@ -442,6 +451,9 @@ accept_one (struct nbd_server *s, struct listener *l)
   struct conn_entry *e = calloc (1, sizeof *e);
   pthread_mutex_lock (&s->lock);
   bool full = s->nconns >= NBD_MAX_CONNS;
+  s->stats.accepted++;
+  if (!e || full)
+    s->stats.refused++;
   pthread_mutex_unlock (&s->lock);
   if (!e || full) {
     ap_warn ("NBD server: refusing a connection from %s: %s", addr,
@@ -452,6 +464,11 @@ accept_one (struct nbd_server *s, struct listener *l)
   }
   e->conn = nbd_conn_new (s, e, fd, l->tls, addr);
   if (!e->conn) {
+    ap_warn ("NBD server: refusing a connection from %s: out of memory",
+             addr);
+    pthread_mutex_lock (&s->lock);
+    s->stats.refused++;
+    pthread_mutex_unlock (&s->lock);
     close (fd);
     free (e);
     return;
@@ -465,9 +482,19 @@ accept_one (struct nbd_server *s, struct listener *l)
     ap_warn ("NBD server: cannot start a thread for %s", addr);
     pthread_mutex_lock (&s->lock);
     e->done = true;
+    s->stats.refused++;
     pthread_mutex_unlock (&s->lock);
     reap (s);
   }
+}
+
+void
+nbd_server_get_stats (struct nbd_server *s, struct nbd_server_stats *st)
+{
+  pthread_mutex_lock (&s->lock);
+  *st = s->stats;
+  st->open = s->nconns;
+  pthread_mutex_unlock (&s->lock);
 }
 
 int

@@ -364,7 +364,12 @@ for m in "altpath_node_info node=ALPHA" "altpath_units" "altpath_served_exports"
          "altpath_path_errors_total device=$D path=direct" \
          "altpath_path_inflight device=$D path=served:BETA" \
          "altpath_path_probes_total device=$D path=served:BETA result=ok" \
-         "altpath_path_latency_seconds_count device=$D path=direct"; do
+         "altpath_path_latency_seconds_count device=$D path=direct" \
+         "altpath_nbd_connections server=peers" \
+         "altpath_nbd_connections server=local" \
+         "altpath_nbd_connections_accepted_total server=local" \
+         "altpath_nbd_connections_refused_total server=peers" \
+         "altpath_nbd_sessions_total server=local"; do
   # shellcheck disable=SC2086
   get "$tmp/s1.txt" $m >/dev/null || missing="$missing [$m]"
 done
@@ -410,6 +415,20 @@ if [ "$dw" -ge 1 ] && [ "$dbw" -ge 4194304 ] && [ "$dr" -ge 1 ] \
   pass "I/O moved the counters by at least what was done (4 MiB each way)"
 else
   fail "the counters did not move as the I/O did"
+fi
+# The two nbdcopy runs were two sessions (or more: nbdcopy opens more
+# connections to a multi-conn export) on the local exports, and BETA's
+# served path to the disk is connected to ALPHA's server for peers.
+da=$(delta altpath_nbd_connections_accepted_total server=local)
+ds=$(delta altpath_nbd_sessions_total server=local)
+if [ "$da" -ge 2 ] && [ "$ds" -ge 2 ] && [ "$ds" -le "$da" ] \
+   && [ "$(get "$tmp/s2.txt" altpath_nbd_connections_refused_total server=local)" = 0 ] \
+   && [ "$(get "$tmp/s2.txt" altpath_nbd_sessions_total server=peers)" -ge 1 ] \
+   && wait_metric altpath_nbd_connections server=peers -ge 1 5 \
+   && wait_metric altpath_nbd_connections server=local -eq 0 5; then
+  pass "NBD connections: local +$da accepted, +$ds sessions, none left open; BETA connected to the server for peers"
+else
+  fail "NBD connection metrics: $(grep '^altpath_nbd' "$tmp/s2.txt" | tr '\n' ' ')"
 fi
 
 # ---------------------------------------------------- a path fault: EIO
