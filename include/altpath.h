@@ -250,6 +250,20 @@ enum ap_unit_state {
   AP_UNIT_CLOSED,               /* closed; accepts nothing */
 };
 
+/* The operator's choices for a unit, by path name: the pinned path
+ * (ap_unit_switch) and the disabled ones (ap_unit_disable_path).  The
+ * unit keeps them while no path of that name is there: a path that joins
+ * under a disabled name joins disabled (it is never probed nor used), one
+ * that joins under the pinned name is pinned again.  They change only by
+ * the calls above and ap_unit_enable_path / ap_unit_unpin.  A program
+ * that keeps them across its restarts (altpathd's state file) reads them
+ * from ap_unit_get_status and gives them back at creation. */
+struct ap_unit_choices {
+  char pinned[AP_NAME_MAX];     /* "" for none */
+  unsigned ndisabled;
+  char disabled[AP_MAX_PATHS][AP_NAME_MAX];
+};
+
 struct ap_unit_options {
   const char *name;             /* e.g. "$4$DKB100" */
   uint32_t request_timeout_ms;  /* a request older than this fails its
@@ -262,6 +276,8 @@ struct ap_unit_options {
                                    back to it (default 5000) */
   bool no_failback;             /* never go back automatically */
   bool queue_if_no_path;        /* offline: queue I/O instead of failing */
+  const struct ap_unit_choices *choices; /* the operator's, restored (copied
+                                   at creation); NULL for none */
   struct ap_event_cb_opt {      /* events from creation on (see below) */
     void (*fn) (void *opaque, const struct ap_event *ev);
     void *opaque;
@@ -305,6 +321,9 @@ int ap_unit_write_zeroes (struct ap_unit *unit, uint64_t len, uint64_t off,
 int ap_unit_add_path (struct ap_unit *unit, struct ap_path *path,
                       int priority);
 int ap_unit_remove_path (struct ap_unit *unit, const char *path);
+/* Disabling keeps the name disabled (struct ap_unit_choices) until it is
+ * enabled: enabling a name that is disabled but has no path now only
+ * forgets it.  At most AP_MAX_PATHS names are kept (ENOSPC). */
 int ap_unit_enable_path (struct ap_unit *unit, const char *path);
 int ap_unit_disable_path (struct ap_unit *unit, const char *path);
 /* Manual switch: drain, flip, and pin the path so that automatic failback
@@ -354,6 +373,7 @@ struct ap_unit_status {
   bool queue_if_no_path;
   unsigned npaths;
   struct ap_path_status paths[AP_MAX_PATHS];
+  struct ap_unit_choices choices; /* also names with no path now */
 };
 
 int ap_unit_get_status (struct ap_unit *unit, struct ap_unit_status *st);

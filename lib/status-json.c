@@ -91,6 +91,17 @@ ap_unit_status_json (struct ap_unit *u)
     json_object_array_add (paths, p);
   }
   json_object_object_add (o, "paths", paths);
+  /* The operator's choices by name, with those of paths not there now. */
+  json_object *ch = json_object_new_object ();
+  json_object_object_add (ch, "pinned", st->choices.pinned[0]
+                          ? json_object_new_string (st->choices.pinned)
+                          : NULL);
+  json_object *dis = json_object_new_array ();
+  for (unsigned i = 0; i < st->choices.ndisabled; i++)
+    json_object_array_add (dis,
+                           json_object_new_string (st->choices.disabled[i]));
+  json_object_object_add (ch, "disabled", dis);
+  json_object_object_add (o, "choices", ch);
   free (st);
   char *s = strdup (json_object_to_json_string_ext (o, JSON_C_TO_STRING_PLAIN));
   json_object_put (o);

@@ -112,6 +112,8 @@ struct ap_unit {
   struct upath *verify_from;    /* the path that failed last (for the
                                    switch event) */
   struct upath *pinned;         /* operator's choice, or NULL */
+  struct ap_unit_choices choices; /* the operator's choices by name, kept
+                                   while their paths come and go */
   struct upath *switch_target;  /* SWITCH: where to */
   bool switch_manual;
   struct upath *switch_request; /* operator's switch, not yet begun */
@@ -1116,7 +1118,8 @@ online_step (struct ap_unit *u, uint64_t now)
   if (!better)
     return UINT64_MAX;
   if (p->switch_now) {
-    begin_switch (u, p, false, "a better path joined");
+    begin_switch (u, p, false, p == u->pinned ? "the pinned path joined"
+                  : "a better path joined");
     return now;
   }
   if (u->opt.no_failback && p != u->pinned)
@@ -1297,6 +1300,76 @@ check_compatible (struct ap_unit *u, const struct ap_path *p)
   return 0;
 }
 
+/* ------------------------------------------------ the operator's choices */
+
+static int
+disabled_index (const struct ap_unit *u, const char *name)
+{
+  for (unsigned i = 0; i < u->choices.ndisabled; i++)
+    if (strcmp (u->choices.disabled[i], name) == 0)
+      return (int) i;
+  return -1;
+}
+
+/* Keep name disabled.  -1 (error set) when the list is full. */
+static int
+choose_disabled (struct ap_unit *u, const char *name)
+{
+  if (disabled_index (u, name) >= 0)
+    return 0;
+  if (u->choices.ndisabled >= AP_MAX_PATHS)
+    return ap_set_error (ENOSPC, "unit %s keeps at most %d disabled path "
+                         "names; enable one that has no path now (see the "
+                         "unit's status) before disabling %s", u->name,
+                         AP_MAX_PATHS, name);
+  snprintf (u->choices.disabled[u->choices.ndisabled++], AP_NAME_MAX, "%s",
+            name);
+  return 0;
+}
+
+static void
+forget_disabled (struct ap_unit *u, const char *name)
+{
+  int i = disabled_index (u, name);
+  if (i < 0)
+    return;
+  u->choices.ndisabled--;
+  memmove (u->choices.disabled[i], u->choices.disabled[i + 1],
+           (u->choices.ndisabled - (unsigned) i) * AP_NAME_MAX);
+}
+
+/* Take the restored choices: only well-formed names, no pin on a disabled
+ * name (disabling unpins). */
+static void
+restore_choices (struct ap_unit *u, const struct ap_unit_choices *c)
+{
+  if (!c)
+    return;
+  for (unsigned i = 0; i < c->ndisabled && i < AP_MAX_PATHS; i++)
+    if (memchr (c->disabled[i], 0, AP_NAME_MAX) && c->disabled[i][0])
+      choose_disabled (u, c->disabled[i]);
+  if (memchr (c->pinned, 0, AP_NAME_MAX)
+      && disabled_index (u, c->pinned) < 0)
+    snprintf (u->choices.pinned, AP_NAME_MAX, "%s", c->pinned);
+}
+
+/* A path joins: as the operator left its name. */
+static void
+apply_choices (struct ap_unit *u, struct upath *up)
+{
+  const char *name = up->path->info.name;
+  if (disabled_index (u, name) >= 0) {
+    up->enabled = false;
+    ap_info ("unit %s: path %s joins disabled, as the operator left it "
+             "(altpath path enable to use it)", u->name, name);
+  }
+  else if (u->choices.pinned[0] && strcmp (u->choices.pinned, name) == 0) {
+    u->pinned = up;
+    ap_info ("unit %s: path %s joins pinned, as the operator left it",
+             u->name, name);
+  }
+}
+
 static struct upath *
 upath_new (struct ap_unit *u, struct ap_path *p, int priority)
 {
@@ -1356,6 +1429,8 @@ ap_unit_create (const struct ap_unit_options *opt,
             u->opt.name && u->opt.name[0] ? u->opt.name
             : paths[0]->info.name);
   u->opt.name = u->name;
+  u->opt.choices = NULL;        /* copied below, not kept */
+  restore_choices (u, opt ? opt->choices : NULL);
   u->size = paths[0]->info.size;
   u->block_size = paths[0]->info.block_size;
   snprintf (u->identity, sizeof u->identity, "%s", paths[0]->info.identity);
@@ -1396,6 +1471,7 @@ ap_unit_create (const struct ap_unit_options *opt,
       ap_set_error (e, "%s", msg);
       return NULL;
     }
+    apply_choices (u, up);
     u->paths[u->npaths++] = up;
   }
 
@@ -1422,7 +1498,7 @@ ap_unit_create (const struct ap_unit_options *opt,
   while (u->state == AP_UNIT_OFFLINE && ap_now_ns () < until) {
     bool pending = false;
     for (unsigned i = 0; i < u->npaths; i++)
-      if (u->paths[i]->never_probed)
+      if (u->paths[i]->never_probed && u->paths[i]->enabled)
         pending = true;
     if (!pending && !u->active && !best_path (u, NULL))
       break;
@@ -1560,9 +1636,13 @@ ap_unit_add_path (struct ap_unit *u, struct ap_path *p, int priority)
   }
   if (!u->identity[0] && p->info.identity[0])
     snprintf (u->identity, sizeof u->identity, "%s", p->info.identity);
+  apply_choices (u, up);
   u->paths[u->npaths++] = up;
   push_event (u, AP_EVENT_PATH_ADDED, p->info.name, NULL, 0,
-              AP_PATH_FAILED, "joined; not probed yet", 0);
+              up->enabled ? AP_PATH_FAILED : AP_PATH_DISABLED,
+              up->enabled ? "joined; not probed yet"
+              : "joined disabled, as the operator left it", 0);
+  up->reported = up->enabled ? AP_PATH_FAILED : AP_PATH_DISABLED;
   /* Probe it now rather than at the next checker round: a better path
    * that joins is used as soon as it is known to work. */
   u->next_check_ns = 0;
@@ -1655,9 +1735,15 @@ ap_unit_disable_path (struct ap_unit *u, const char *name)
   }
   if (refuse_last_locked (u, up, "disabling"))
     return -1;
+  if (choose_disabled (u, name) < 0) {
+    pthread_mutex_unlock (&u->lock);
+    return -1;
+  }
   up->enabled = false;
   if (up == u->pinned)
     u->pinned = NULL;
+  if (strcmp (u->choices.pinned, name) == 0)
+    u->choices.pinned[0] = 0;
   note_path_states (u, "disabled by the operator", 0);
   pthread_cond_signal (&u->wake);
   bool ok = wait_for (u, not_active, up, admin_wait_ns (u));
@@ -1674,9 +1760,19 @@ ap_unit_disable_path (struct ap_unit *u, const char *name)
 int
 ap_unit_enable_path (struct ap_unit *u, const char *name)
 {
+  pthread_mutex_lock (&u->lock);
+  if (!find_path (u, name) && disabled_index (u, name) >= 0) {
+    forget_disabled (u, name);
+    pthread_mutex_unlock (&u->lock);
+    ap_info ("unit %s: path %s is enabled; it has not joined, and will "
+             "join enabled", u->name, name);
+    return 0;
+  }
+  pthread_mutex_unlock (&u->lock);
   struct upath *up = admin_path_locked (u, name);
   if (!up)
     return -1;
+  forget_disabled (u, name);
   if (!up->enabled) {
     up->enabled = true;
     /* Probe before use; once it answers, treat it like a path that just
@@ -1723,6 +1819,7 @@ ap_unit_switch (struct ap_unit *u, const char *name)
     return r;
   }
   u->pinned = up;
+  snprintf (u->choices.pinned, sizeof u->choices.pinned, "%s", name);
   note_path_states (u, "pinned by the operator", 0);
   if (u->active == up && u->state == AP_UNIT_ONLINE) {
     pthread_mutex_unlock (&u->lock);
@@ -1750,6 +1847,7 @@ ap_unit_unpin (struct ap_unit *u)
 {
   pthread_mutex_lock (&u->lock);
   u->pinned = NULL;
+  u->choices.pinned[0] = 0;
   pthread_cond_signal (&u->wake);
   pthread_mutex_unlock (&u->lock);
   return 0;
@@ -1825,6 +1923,7 @@ ap_unit_get_status (struct ap_unit *u, struct ap_unit_status *st)
     ps->probes_ok = up->probes_ok;
     ps->probes_failed = up->probes_failed;
   }
+  st->choices = u->choices;
   pthread_mutex_unlock (&u->lock);
   return 0;
 }

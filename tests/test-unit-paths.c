@@ -4,7 +4,8 @@
  * enable, add a better path while I/O runs (the unit drains and switches,
  * never using both: a trace witness watches), remove, refuse a path of
  * another size or block size with a clear message, and the order of
- * preference among direct paths (priority).
+ * preference among direct paths (priority), and the operator's choices
+ * kept by name while paths leave and join.
  */
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -418,6 +419,83 @@ test_priority_order (void **state)
   assert_int_equal (atomic_load (&t->w.overlaps), 0);
 }
 
+/* The operator's choices are kept by name (struct ap_unit_choices): given
+ * at creation, a disabled path joins disabled and is never probed nor
+ * used; a pinned path that leaves and joins again is pinned again; a
+ * disabled name outlives its path until enabled. */
+static void
+test_choices_kept (void **state)
+{
+  struct tu *t = *state;
+  struct ap_unit_options o;
+  struct ap_unit_choices ch = { .ndisabled = 1 };
+  struct ap_unit_status st;
+  snprintf (ch.disabled[0], AP_NAME_MAX, "A");
+  snprintf (ch.pinned, AP_NAME_MAX, "A");       /* dropped: A is disabled */
+  tu_opts (&o);
+  o.choices = &ch;
+  tu_path (t, "A");
+  tu_path (t, "B");
+  tu_unit (t, &o);
+  sleep_ms (TU_CK_MS * 3);
+  assert_int_equal (tu_path_state (t, "A"), AP_PATH_DISABLED);
+  assert_true (tu_wait_active (t, "B", 10));
+  assert_int_equal (atomic_load (&tu_tp (t, "A")->submits), 0);
+  assert_int_equal (atomic_load (&tu_tp (t, "A")->probes), 0);
+  tu_status (t, &st);
+  assert_int_equal (st.choices.ndisabled, 1);
+  assert_string_equal (st.choices.disabled[0], "A");
+  assert_string_equal (st.choices.pinned, "");
+
+  /* Pin C, take it away, bring it back: pinned again, the unit returns. */
+  assert_int_equal (ap_unit_add_path (t->u, tu_path (t, "C"), 0), 0);
+  assert_true (tu_wait_path_state (t, "C", AP_PATH_STANDBY, 1000));
+  assert_int_equal (ap_unit_switch (t->u, "C"), 0);
+  assert_int_equal (ap_unit_remove_path (t->u, "C"), 0);
+  assert_true (tu_wait_active (t, "B", 1000));
+  tu_status (t, &st);
+  assert_string_equal (st.choices.pinned, "C");
+  assert_int_equal (ap_unit_add_path (t->u, tu_path (t, "C"), 0), 0);
+  assert_true (tu_wait_active (t, "C", 2000));
+  tu_status (t, &st);
+  assert_true (find_ps (&st, "C")->pinned);
+
+  /* A leaves and joins again: still disabled, nothing sent to it. */
+  assert_int_equal (ap_unit_remove_path (t->u, "A"), 0);
+  tu_status (t, &st);
+  assert_null (find_ps (&st, "A"));
+  assert_int_equal (st.choices.ndisabled, 1);
+  assert_int_equal (ap_unit_add_path (t->u, tu_path (t, "A"), 0), 0);
+  sleep_ms (TU_CK_MS * 3);
+  tu_status (t, &st);
+  assert_int_equal (find_ps (&st, "A")->state, AP_PATH_DISABLED);
+  assert_int_equal (find_ps (&st, "A")->probes_ok
+                    + find_ps (&st, "A")->probes_failed, 0);
+  assert_int_equal (find_ps (&st, "A")->counters.writes, 0);
+
+  /* Enabling a disabled name with no path forgets it; the path then joins
+   * enabled.  A name neither there nor disabled is ENOENT. */
+  assert_int_equal (ap_unit_remove_path (t->u, "A"), 0);
+  assert_int_equal (ap_unit_enable_path (t->u, "A"), 0);
+  tu_status (t, &st);
+  assert_int_equal (st.choices.ndisabled, 0);
+  assert_int_equal (ap_unit_enable_path (t->u, "A"), -1);
+  assert_int_equal (ap_get_errno (), ENOENT);
+  assert_int_equal (ap_unit_add_path (t->u, tu_path (t, "A"), 0), 0);
+  assert_true (tu_wait_path_state (t, "A", AP_PATH_STANDBY, 1000));
+
+  /* Disabling the pinned path unpins it, in the choices too. */
+  assert_int_equal (ap_unit_disable_path (t->u, "C"), 0);
+  tu_status (t, &st);
+  assert_string_equal (st.choices.pinned, "");
+  assert_int_equal (st.choices.ndisabled, 1);
+  assert_string_equal (st.choices.disabled[0], "C");
+  assert_int_equal (ap_unit_unpin (t->u), 0);
+  assert_int_equal (tu_write (t, 0, 0x61), 0);
+  assert_true (file_holds (t, 0, TU_BS, 0x61));
+  assert_int_equal (atomic_load (&t->w.overlaps), 0);
+}
+
 int
 main (void)
 {
@@ -432,6 +510,7 @@ main (void)
     T (test_wrong_size),
     T (test_wrong_block_size),
     T (test_priority_order),
+    T (test_choices_kept),
 #undef T
   };
   return cmocka_run_group_tests (tests, NULL, NULL);

@@ -45,7 +45,7 @@
 #define TU_VT_MS 1000           /* verification timeout */
 #define TU_CK_MS 20             /* checker interval */
 #define TU_FB_MS 50             /* failback interval */
-#define TU_MAXP 4
+#define TU_MAXP 8               /* paths made in one test, removed ones too */
 
 static inline uint64_t
 now_ms (void)
