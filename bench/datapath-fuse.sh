@@ -97,6 +97,7 @@ backend = dir
 dir = $work/reg
 [cluster]
 local-socket = $work/local.sock
+state-file = $work/state.json
 devices = $work/dev
 [control]
 socket = $work/control.sock

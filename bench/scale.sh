@@ -127,6 +127,7 @@ dir = $4/reg
 lease-ms = 3000
 [cluster]
 local-socket = $4/$1.sock
+state-file = $4/$1.state.json
 devices = none
 [control]
 socket = $4/$1.ctl

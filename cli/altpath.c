@@ -411,6 +411,44 @@ path_with (json_object *unit, const char *flag)
   return NULL;
 }
 
+static json_object *
+path_named (json_object *unit, const char *name)
+{
+  json_object *paths = jobj (unit, "paths");
+  for (size_t i = 0; i < jlen (paths); i++) {
+    json_object *p = json_object_array_get_idx (paths, i);
+    if (strcmp (jstr (p, "name"), name) == 0)
+      return p;
+  }
+  return NULL;
+}
+
+/* The operator's choices for paths that are not there now (the unit keeps
+ * them until they join, and across altpathd's restarts). */
+static void
+print_absent_choices (json_object *u)
+{
+  json_object *ch = jobj (u, "choices");
+  const char *pinned = jstr (ch, "pinned");
+  if (pinned[0] && !path_named (u, pinned))
+    printf ("\n  Pinned to %s, which is not here now: the unit goes back to "
+            "it when it joins ('altpath unpin %s' releases it)\n", pinned,
+            jstr (u, "name"));
+  json_object *dis = jobj (ch, "disabled");
+  bool first = true;
+  for (size_t i = 0; i < jlen (dis); i++) {
+    const char *n = json_object_get_string (json_object_array_get_idx (dis,
+                                                                       i));
+    if (!n || path_named (u, n))
+      continue;
+    printf ("%s%s", first ? "\n  Disabled, not here now: " : ", ", n);
+    first = false;
+  }
+  if (!first)
+    printf (" (they join disabled; 'altpath path enable %s PATH' lets "
+            "them be used)\n", jstr (u, "name"));
+}
+
 static int
 cmd_show_devices (void)
 {
@@ -556,6 +594,7 @@ print_device_full (json_object *r, json_object *u)
                  juint (p, "probes_ok"), juint (p, "probes_failed"));
     print_field ("Priority", "%" PRId64, jint (p, "priority"));
   }
+  print_absent_choices (u);
 }
 
 static void
@@ -594,6 +633,7 @@ print_device (json_object *r, json_object *u)
                errs, marks, NULL);
   }
   table_print (&tb, "  ");
+  print_absent_choices (u);
 }
 
 static int
@@ -745,8 +785,12 @@ cmd_change (enum change what, const char *device, const char *path)
             "enable %s %s'; current path %s\n", dev, p, dev, p, cur);
     break;
   case CH_ENABLE:
-    printf ("%s: path %s enabled; it is probed and used again as preferred; "
-            "current path %s\n", dev, p, cur);
+    if (!path_named (u, p))
+      printf ("%s: path %s enabled; it is not here now, and joins enabled "
+              "when it returns; current path %s\n", dev, p, cur);
+    else
+      printf ("%s: path %s enabled; it is probed and used again as "
+              "preferred; current path %s\n", dev, p, cur);
     break;
   }
   json_object_put (r);

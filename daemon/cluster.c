@@ -84,6 +84,7 @@ struct cluster {
 
   struct registry *reg;
   bool registry_ok;
+  struct choices *choices;      /* the operator's, kept across restarts */
 
   struct nbd_server *local;     /* the units on the local socket */
   pthread_t local_thread;
@@ -247,6 +248,9 @@ new_unit (struct cluster *c, const char *device, struct ap_path *first)
   o.queue_if_no_path = c->knobs.queue_if_no_path;
   o.events.fn = on_unit_event;
   o.events.opaque = c;
+  struct ap_unit_choices ch;
+  if (choices_get (c->choices, device, &ch))
+    o.choices = &ch;
   struct ap_unit *u = ap_unit_create (&o, &first, 1);
   if (!u) {
     ap_error ("cluster: cannot make unit %s: %s", device, ap_get_error ());
@@ -954,6 +958,17 @@ cluster_start (const struct config *cfg, void (*rescan) (void *),
   }
   c->nports = cfg->nports;
 
+  /* Before anything is published or made: a state file that cannot be
+   * read stops the start (choices.c says why). */
+  c->choices = choices_open (cfg->state_file, cfg->node, err, errlen);
+  if (!c->choices)
+    goto fail;
+  size_t nch = choices_count (c->choices);
+  if (nch)
+    ap_info ("cluster: the operator's pins and disabled paths of %zu "
+             "unit%s are kept in %s", nch, nch == 1 ? "" : "s",
+             cfg->state_file);
+
   struct registry_options ro = {
     .backend = cfg->registry_backend, .dir = cfg->registry_dir,
     .endpoints = cfg->registry_endpoints, .prefix = cfg->registry_prefix,
@@ -1030,6 +1045,7 @@ cluster_start (const struct config *cfg, void (*rescan) (void *),
   if (c->local)
     nbd_server_free (c->local);
   registry_close (c->reg);
+  choices_close (c->choices);
   free (c->ports);
   free (c);
   return NULL;
@@ -1107,6 +1123,7 @@ cluster_stop (struct cluster *c)
   close (c->local_quit[1]);
   if (c->inotify_fd >= 0)
     close (c->inotify_fd);
+  choices_close (c->choices);
   pthread_mutex_destroy (&c->lock);
   pthread_cond_destroy (&c->cond);
   free (c);
@@ -1209,6 +1226,21 @@ cluster_json (struct cluster *c)
  * network), its backend ("dir", "etcd"), and how many configuration
  * errors across nodes this node has found (the list is cluster_json's
  * "configuration_errors"). */
+int
+cluster_keep_choices (struct cluster *c, struct export *e, char *err,
+                      size_t errlen)
+{
+  struct ap_unit_status *st = malloc (sizeof *st);
+  if (!st) {
+    snprintf (err, errlen, "out of memory");
+    return -1;
+  }
+  ap_unit_get_status (e->unit, st);
+  int r = choices_keep (c->choices, e->name, &st->choices, err, errlen);
+  free (st);
+  return r;
+}
+
 void
 cluster_local_nbd_stats (struct cluster *c, struct nbd_server_stats *st)
 {

@@ -1041,6 +1041,16 @@ handle_cluster (struct parser *p, const char *key, const char *value)
     }
     return 0;
   }
+  if (strcmp (key, "state-file") == 0) {
+    if (!*value || !resolve_path (p, value, cfg->state_file,
+                                  sizeof cfg->state_file)) {
+      fail_key (p, line, key, "give a file for the operator's choices, "
+                "e.g. /var/lib/altpath/%s.json", cfg->node[0] ? cfg->node
+                : "NODE");
+      return -1;
+    }
+    return 0;
+  }
   if (strcmp (key, "local-socket") == 0) {
     if (!*value || !resolve_path (p, value, cfg->local_socket,
                                   sizeof cfg->local_socket)) {
@@ -1483,6 +1493,9 @@ finish_cluster (struct parser *p)
     cfg->devices[0] = '\0';
   else if (cfg->cluster && !cfg->devices[0])
     snprintf (cfg->devices, sizeof cfg->devices, "/run/altpath/dev");
+  if (cfg->cluster && !cfg->state_file[0])
+    snprintf (cfg->state_file, sizeof cfg->state_file,
+              "/var/lib/altpath/%s.json", cfg->node);
   if (cfg->cluster && !cfg->local_socket[0])
     snprintf (cfg->local_socket, sizeof cfg->local_socket,
               "/run/altpath/%s.sock", cfg->node);

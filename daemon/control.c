@@ -346,6 +346,28 @@ find_path (struct export *e, const char *name, char out[AP_NAME_MAX],
   return -1;
 }
 
+/* name is a path name unit e keeps disabled though no path of that name
+ * is there now (struct ap_unit_choices): its exact spelling into out. */
+static bool
+kept_disabled (struct export *e, const char *name, char out[AP_NAME_MAX])
+{
+  struct ap_unit_status *st = malloc (sizeof *st);
+  if (!st)
+    return false;
+  ap_unit_get_status (e->unit, st);
+  int found = -1;
+  for (unsigned i = 0; i < st->choices.ndisabled && found < 0; i++)
+    if (strcmp (st->choices.disabled[i], name) == 0)
+      found = (int) i;
+  for (unsigned i = 0; i < st->choices.ndisabled && found < 0; i++)
+    if (strcasecmp (st->choices.disabled[i], name) == 0)
+      found = (int) i;
+  if (found >= 0)
+    snprintf (out, AP_NAME_MAX, "%s", st->choices.disabled[found]);
+  free (st);
+  return found >= 0;
+}
+
 /* ----------------------------------------------------------- handlers */
 
 /* Each returns the reply (never NULL); cl is the asking client. */
@@ -437,8 +459,13 @@ do_change (struct client *cl, const struct ctl_request *rq, enum change what)
     return err;
   char path[AP_NAME_MAX] = "";
   if (what != CH_UNPIN && find_path (e, rq->path, path, &err) < 0) {
-    export_put (e);
-    return err;
+    /* A path that is gone but kept disabled may be enabled: the unit then
+     * forgets the choice, and the path joins enabled when it returns. */
+    if (what != CH_ENABLE || !kept_disabled (e, rq->path, path)) {
+      export_put (e);
+      return err;
+    }
+    json_object_put (err);
   }
   ap_info ("control: uid %u (pid %d): %s %s%s%s", (unsigned) cl->uid,
            (int) cl->pid, verb[what], e->name, path[0] ? " " : "", path);
@@ -449,13 +476,31 @@ do_change (struct client *cl, const struct ctl_request *rq, enum change what)
   case CH_DISABLE: r = ap_unit_disable_path (e->unit, path); break;
   default: r = ap_unit_enable_path (e->unit, path); break;
   }
+  int en = r < 0 ? ap_get_errno () : 0;
+  char failed[1024] = "";
+  if (r < 0)
+    snprintf (failed, sizeof failed, "%s", ap_get_error ());
+  /* Keep the choice for the next start, also after a command that failed
+   * part way (a switch that is still draining has pinned the path). */
+  char why[1024] = "";
+  struct control *ctl = cl->ctl;
+  int kept = ctl->view.keep_choices
+    ? ctl->view.keep_choices (ctl->view.opaque, e, why, sizeof why) : 0;
+  if (kept < 0)
+    ap_error ("control: %s %s%s%s: the choice is not kept for altpathd's "
+              "next start: %s", verb[what], e->name, path[0] ? " " : "",
+              path, why);
   json_object *o;
   if (r < 0) {
-    int en = ap_get_errno ();
     ap_warn ("control: %s %s%s%s failed: %s", verb[what], e->name,
-             path[0] ? " " : "", path, ap_get_error ());
-    o = reply_error (errno_code (en), "%s", ap_get_error ());
+             path[0] ? " " : "", path, failed);
+    o = reply_error (errno_code (en), "%s", failed);
   }
+  else if (kept < 0)
+    o = reply_error ("EIO", "%s %s%s%s is done, but altpathd could not keep "
+                     "it for its next start (%s): a restart would undo it; "
+                     "fix that and run the command again", verb[what],
+                     e->name, path[0] ? " " : "", path, why);
   else {
     o = reply_ok ();
     json_object_object_add (o, "node", json_object_new_string (cl->ctl->node));

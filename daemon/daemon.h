@@ -121,6 +121,8 @@ struct config {
   char client_username[64];
   char client_cert_dir[4096];
   unsigned client_connections, deadline_ms, fence_wait_ms;
+  char state_file[4096];        /* the operator's choices (choices.c);
+                                   default /var/lib/altpath/NODE.json */
   char fault_dir[4096];         /* tests and demos: trigger files that
                                    inject faults on the direct paths */
   char devices[4096];           /* device files (fuse.c): the directory;
@@ -216,6 +218,27 @@ struct export *export_get (struct export *e);
 void device_alias (const char *device, char *out, size_t len);
 void export_put (struct export *e);     /* NULL is a no-op */
 
+/* ----------------------------------------------------------- choices.c */
+
+/* The operator's choices (pinned and disabled paths) per unit, kept in a
+ * file across restarts ([cluster] state-file; format in choices.c). */
+struct choices;
+/* Read file (a missing one is no choices yet).  On error NULL and a
+ * message naming the file and what to do: a file that is there but
+ * cannot be read must stop the start. */
+struct choices *choices_open (const char *file, const char *node,
+                              char *err, size_t errlen);
+size_t choices_count (struct choices *cs);     /* units with a choice */
+/* unit's choices into *out; false if it has none. */
+bool choices_get (struct choices *cs, const char *unit,
+                  struct ap_unit_choices *out);
+/* unit's choices are now *now: write the file if they changed.  0, or -1
+ * and a message (the file and memory are then as before). */
+int choices_keep (struct choices *cs, const char *unit,
+                  const struct ap_unit_choices *now, char *err,
+                  size_t errlen);
+void choices_close (struct choices *cs);       /* NULL is a no-op */
+
 /* ----------------------------------------------------------- cluster.c */
 
 /* The node in its cluster (only with a [registry] section): publishes
@@ -260,6 +283,10 @@ bool cluster_registry_ok (struct cluster *c, const char **backend,
 /* For metrics.c: the connections of the node's local exports of its units
  * (local-socket, local-tcp). */
 void cluster_local_nbd_stats (struct cluster *c, struct nbd_server_stats *st);
+/* The operator changed unit e's choices (control.c): keep them in the
+ * state file.  0, or -1 and a message saying they were not kept. */
+int cluster_keep_choices (struct cluster *c, struct export *e, char *err,
+                          size_t errlen);
 
 /* ----------------------------------------------------------- control.c */
 
@@ -283,6 +310,11 @@ struct control_view {
   char *(*cluster_json) (void *opaque);
   /* Look for new disks on the ports now; returns when done. */
   void (*rescan) (void *opaque);
+  /* The operator changed unit e's choices (switch, unpin, path enable or
+   * disable, also one that failed part way): keep them across restarts.
+   * 0, or -1 and a message saying what was not kept.  NULL: not kept. */
+  int (*keep_choices) (void *opaque, struct export *e, char *err,
+                       size_t errlen);
   void *opaque;
 };
 

@@ -437,6 +437,17 @@ view_cluster_json (void *opaque)
   return dm->cluster ? cluster_json (dm->cluster) : NULL;
 }
 
+static int
+view_keep_choices (void *opaque, struct export *e, char *err, size_t errlen)
+{
+  struct daemon *dm = opaque;
+  /* A node out of a cluster serves each disk over its one direct path:
+   * there is nothing to choose between, and nothing to keep. */
+  if (!dm->cluster)
+    return 0;
+  return cluster_keep_choices (dm->cluster, e, err, errlen);
+}
+
 /* The control socket, once the node's units exist.  A socket set in the
  * file that cannot be made stops the start, as a listener does; the
  * default one only gets a warning (another altpathd on this host may hold
@@ -447,7 +458,7 @@ start_control (struct daemon *dm)
   struct control_view view = {
     .node = dm->cfg.node, .daemon_version = "altpathd " ALTPATHD_VERSION,
     .units = view_units, .cluster_json = view_cluster_json,
-    .rescan = rescan, .opaque = dm,
+    .rescan = rescan, .keep_choices = view_keep_choices, .opaque = dm,
   };
   char err[2048];
   struct control *ctl = control_start (dm->cfg.control_socket,

@@ -94,6 +94,7 @@ dir = $T/registry
 lease-ms = 1500
 [cluster]
 local-socket = $T/$1.sock
+state-file = $T/$1.state.json
 devices = $T/dev-$1
 fault-dir = $T/faults-$1
 request-timeout-ms = 500

@@ -131,6 +131,7 @@ lease-ms = 3000
 [cluster]
 advertise = nbds://10.0.0.1:10809
 local-socket = local.sock
+state-file = alpha.json
 local-tcp = 127.0.0.1:10810
 request-timeout-ms = 1000
 verify-timeout-ms = 30000

@@ -154,6 +154,7 @@ dir = $tmp/registry
 
 [cluster]
 local-socket = $tmp/$1-units.sock
+state-file = $tmp/$1.state.json
 request-timeout-ms = 1000
 checker-interval-ms = 100
 failback-ms = 300
@@ -450,6 +451,77 @@ else
   fail "watch on SIGINT: exit $r1 and $r2"
 fi
 
+# ------------------------------------------- choices kept across restarts
+# The operator's disabled paths and pins are kept in [cluster] state-file:
+# a restart of altpathd must not put a path under repair back into use.
+sf=$tmp/alpha.state.json
+# state_is EXPR: the state file holds what EXPR (python, d = its JSON) says
+state_is() { [ "$(jq_py "$sf" "$1")" = True ]; }
+# restart_alpha: SIGTERM (exit 0), start again on the same files
+restart_alpha() {
+  kill -TERM "${pid[alpha]}"
+  wait "${pid[alpha]}" || fail "alpha exited $? on SIGTERM"
+  start alpha
+}
+# direct_untouched: ALPHA's direct path of $D was neither probed nor used
+direct_untouched() {
+  "${A[@]}" --json show device "$D" 2>/dev/null | $PY -c '
+import json, sys
+d = json.load(sys.stdin)["device"]
+p = next(p for p in d["paths"] if p["name"] == "direct")
+c = p["counters"]
+assert p["state"] == "disabled", p["state"]
+assert p["probes_ok"] + p["probes_failed"] == 0, "probed"
+assert c["reads"] + c["writes"] + c["flushes"] + c["trims"] + c["zeroes"] == 0, "used"' 2>&1
+}
+
+wait_up "$D" 2 10 || fail "$D: its paths are not both up before the restart test"
+run kd "${A[@]}" path disable "$D" direct
+run kp "${A[@]}" switch "$D" served:BETA
+if [ $rc -eq 0 ] && state_is 'd["node"] == "ALPHA" and d["version"] == 1 and d["units"]["$4$DKB100"] == {"pinned": "served:BETA", "disabled": ["direct"]}'; then
+  pass "path disable and switch are written to the state file"
+else
+  fail "state file after disable and switch: $(cat "$sf" "$tmp/kd.err" "$tmp/kp.err" 2>&1)"
+fi
+restart_alpha
+out=
+if wait_active "$D" "served:BETA True disabled" 10 && out=$(direct_untouched); then
+  pass "after a restart: direct still disabled (never probed nor used), served:BETA still pinned"
+else
+  fail "after a restart: $(active "$D") $out"
+fi
+grep -q "path direct joins disabled, as the operator left it" "$tmp/alpha.log" \
+  || fail "alpha's log does not say the direct path joined disabled"
+run ku "${A[@]}" unpin "$D"
+run ke "${A[@]}" path enable "$D" direct
+if [ $rc -eq 0 ] && wait_active "$D" "direct False active" 10 \
+   && state_is 'd["units"] == {}'; then
+  pass "unpin and path enable: back on direct, the state file has no choice left"
+else
+  fail "unpin/enable after the restart (rc $rc): $(active "$D") $(cat "$sf" "$tmp/ke.err")"
+fi
+
+# A choice that cannot be written: the command takes effect, says it is
+# not kept, and exits 1; run again once the cause is gone, it is kept.
+mkdir "$sf.new"                 # where the new file is written first
+run kf "${A[@]}" path disable "$D" direct
+if [ $rc -eq 1 ] && one_line kf && grep -q "could not keep it for its next start" "$tmp/kf.err" \
+   && grep -qF "$sf.new" "$tmp/kf.err" && wait_active "$D" "served:BETA False disabled" 5 \
+   && state_is 'd["units"] == {}'; then
+  pass "state file not writable: disabled now, exit 1: $(cat "$tmp/kf.err")"
+else
+  fail "unwritable state file: rc $rc: $(cat "$tmp/kf.out" "$tmp/kf.err")"
+fi
+rmdir "$sf.new"
+run kg "${A[@]}" path disable "$D" direct
+if [ $rc -eq 0 ] && state_is 'd["units"]["$4$DKB100"]["disabled"] == ["direct"]'; then
+  pass "the same command again once it can be written: kept"
+else
+  fail "disable again: rc $rc: $(cat "$tmp/kg.err" "$sf")"
+fi
+run kh "${A[@]}" path enable "$D" direct
+wait_active "$D" "direct False active" 10 || fail "$D did not go back to direct"
+
 # ---------------------------------------------------------------- rescan
 truncate -s 16M "$tmp/shared/disk102.img"
 run rs "${A[@]}" rescan
@@ -668,6 +740,30 @@ if [ $rc -eq 3 ] && one_line gone && grep -qF "$ctl_alpha" "$tmp/gone.err" \
 else
   fail "after stop: rc $rc: $(cat "$tmp/gone.err")"
 fi
+
+# A state file that cannot be read stops the start, names the file and
+# what is wrong, and is left as it was.
+bad_state() {   # bad_state NAME FRAGMENT CONTENT
+  printf '%s' "$3" >"$sf"
+  cp "$sf" "$tmp/sf.before"
+  out=$(timeout 20 "$altpathd" --config "$tmp/alpha.conf" 2>&1); r=$?
+  if [ $r -eq 1 ] && grep -qF "altpathd: error: cannot join the cluster: state file $sf" <<<"$out" \
+     && grep -qF -- "$2" <<<"$out" && cmp -s "$sf" "$tmp/sf.before"; then
+    pass "state file $1: exit 1: $(grep -m1 'state file' <<<"$out" | cut -c1-150)..."
+  else
+    fail "state file $1: exit $r: $out"
+  fi
+}
+bad_state empty "is empty" ""
+bad_state not-json "not valid JSON" '{"version": 1, "node": "ALPHA", "units": {'
+bad_state trailing "more after its JSON object" '{"version":1,"node":"ALPHA","units":{}} x'
+bad_state other-node "belongs to node BETA, and this is node ALPHA" '{"version":1,"node":"BETA","units":{}}'
+bad_state newer "is version 2" '{"version":2,"node":"ALPHA","units":{}}'
+bad_state no-units "no 'units'" '{"version":1,"node":"ALPHA"}'
+bad_state disabled-type "'disabled' is not a list" '{"version":1,"node":"ALPHA","units":{"$4$DKB100":{"disabled":"direct"}}}'
+bad_state pinned-type "'pinned' is not a path name" '{"version":1,"node":"ALPHA","units":{"$4$DKB100":{"pinned":7}}}'
+bad_state too-many "more than a unit keeps" "{\"version\":1,\"node\":\"ALPHA\",\"units\":{\"X\":{\"disabled\":[$(seq -s, -f '"p%g"' 17)]}}}"
+rm -f "$sf"
 
 # The others stop cleanly too (under ASan: without a leak report).
 for n in beta gamma; do

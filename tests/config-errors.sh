@@ -144,6 +144,8 @@ bad cluster-number 7 "key 'deadline-ms'" "from 100 to 600000" \
   "$node"$'\n'"$listen"$'\n[registry]\n[cluster]\ndeadline-ms = 5'
 bad cluster-unknown 7 "key 'colour'" "unknown key in [cluster]" \
   "$node"$'\n'"$listen"$'\n[registry]\n[cluster]\ncolour = red'
+bad state-file-empty 7 "key 'state-file'" "give a file for the operator's choices" \
+  "$node"$'\n'"$listen"$'\n[registry]\n[cluster]\nstate-file ='
 
 # --- the command line -----------------------------------------------------
 for args in "--bogus" "--config" "" "--config x y"; do

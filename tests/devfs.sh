@@ -128,6 +128,7 @@ dir = $T/reg
 lease-ms = 1500
 [cluster]
 local-socket = $T/$1.sock
+state-file = $T/$1.state.json
 fault-dir = $T/faults-$1
 devices = $3
 request-timeout-ms = 1000

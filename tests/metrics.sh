@@ -253,6 +253,7 @@ dir = $tmp/registry
 
 [cluster]
 local-socket = $tmp/$1-units.sock
+state-file = $tmp/$1.state.json
 request-timeout-ms = 1000
 checker-interval-ms = 100
 failback-ms = 500

@@ -26,7 +26,7 @@ cluster_net () {
 cluster_conf () {
   {
     printf '[node]\nname = %s\n[listen]\naddress = %s\ntls = off\n' "$1" "$2"
-    printf '[registry]\n%s\n[cluster]\nlocal-socket = %s\n' "$3" "$T/$1.sock"
+    printf '[registry]\n%s\n[cluster]\nlocal-socket = %s\nstate-file = %s\n' "$3" "$T/$1.sock" "$T/$1.state.json"
     [ -n "$4" ] && printf 'local-tcp = %s\n' "$4"
     cat <<EOC
 fault-dir = $T/faults-$1
