@@ -345,14 +345,7 @@ replace_file (const char *file, const char *text, char *err, size_t errlen)
   char tmp[sizeof ((struct choices *) 0)->file + 8];
   char dir[sizeof tmp];
   snprintf (tmp, sizeof tmp, "%s.new", file);
-  snprintf (dir, sizeof dir, "%s", file);
-  char *slash = strrchr (dir, '/');
-  if (slash == dir)
-    dir[1] = '\0';
-  else if (slash)
-    *slash = '\0';
-  else
-    snprintf (dir, sizeof dir, ".");
+  dir_of (file, dir, sizeof dir);
 
   int fd = open (tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0 && errno == ENOENT && mkdir (dir, 0755) == 0)

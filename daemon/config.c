@@ -302,6 +302,19 @@ warn (const char *fmt, ...)
 
 /* ------------------------------------------------------------- paths */
 
+void
+dir_of (const char *file, char *out, size_t size)
+{
+  snprintf (out, size, "%s", file);
+  char *slash = strrchr (out, '/');
+  if (slash == out)
+    out[1] = '\0';
+  else if (slash)
+    *slash = '\0';
+  else
+    snprintf (out, size, ".");
+}
+
 /* PATH made absolute against the configuration file's directory. */
 static bool
 resolve_path (const struct parser *p, const char *path, char *out,
@@ -1788,14 +1801,7 @@ config_load (const char *file, struct config *cfg, char *err, size_t errlen)
   }
   /* The directory relative paths start from, made absolute now so that
    * a later change of directory does not move them. */
-  snprintf (dir, sizeof dir, "%s", file);
-  char *slash = strrchr (dir, '/');
-  if (slash == dir)
-    dir[1] = '\0';
-  else if (slash)
-    *slash = '\0';
-  else
-    snprintf (dir, sizeof dir, ".");
+  dir_of (file, dir, sizeof dir);
   if (!realpath (dir, p.dir)) {
     fail_at (&p, 0, NULL, "cannot find the directory of the file: %s",
              strerror (errno));

@@ -27,6 +27,9 @@
 
 /* ------------------------------------------------------------ config.c */
 
+/* The directory of file ("." for a bare name, "/" for one at the root). */
+void dir_of (const char *file, char *out, size_t size);
+
 enum tls_mode {
   TLS_OFF,                      /* plaintext only; STARTTLS refused */
   TLS_ON,                       /* STARTTLS offered, plaintext allowed */
@@ -197,7 +200,7 @@ struct nbd_server_stats {
   uint64_t accepted;            /* connections accepted */
   uint64_t refused;             /* closed at once: too many, or no memory */
   uint64_t sessions;            /* handshakes that opened an export */
-  size_t open;                  /* connections open now (any phase) */
+  uint64_t open;                /* connections open now (any phase) */
 };
 void nbd_server_get_stats (struct nbd_server *s, struct nbd_server_stats *st);
 

@@ -39,6 +39,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -265,29 +266,35 @@ render_nbd (struct metrics *m, struct out *o)
     v[n++].name = "local";
   if (n == 0)
     return;
-  family (o, "altpath_nbd_connections", "gauge",
-          "NBD connections open now, in any phase (handshake or I/O).");
-  for (size_t i = 0; i < n; i++)
-    out_printf (o, "altpath_nbd_connections{server=\"%s\"} %zu\n",
-                v[i].name, v[i].st.open);
-  family (o, "altpath_nbd_connections_accepted_total", "counter",
-          "NBD connections accepted since the daemon started.");
-  for (size_t i = 0; i < n; i++)
-    out_printf (o, "altpath_nbd_connections_accepted_total{server=\"%s\"} "
-                "%" PRIu64 "\n", v[i].name, v[i].st.accepted);
-  family (o, "altpath_nbd_connections_refused_total", "counter",
-          "NBD connections closed as soon as accepted: too many open "
-          "(16384), or no memory or thread for them (see the log).");
-  for (size_t i = 0; i < n; i++)
-    out_printf (o, "altpath_nbd_connections_refused_total{server=\"%s\"} "
-                "%" PRIu64 "\n", v[i].name, v[i].st.refused);
-  family (o, "altpath_nbd_sessions_total", "counter",
-          "NBD connections whose handshake opened a disk; the difference "
-          "to accepted is lists, aborts and refused handshakes (no such "
-          "disk, TLS, a peer not allowed).");
-  for (size_t i = 0; i < n; i++)
-    out_printf (o, "altpath_nbd_sessions_total{server=\"%s\"} %" PRIu64
-                "\n", v[i].name, v[i].st.sessions);
+  static const struct {
+    const char *name, *type, *help;
+    size_t off;
+  } fam[] = {
+    { "altpath_nbd_connections", "gauge",
+      "NBD connections open now, in any phase (handshake or I/O).",
+      offsetof (struct nbd_server_stats, open) },
+    { "altpath_nbd_connections_accepted_total", "counter",
+      "NBD connections accepted since the daemon started.",
+      offsetof (struct nbd_server_stats, accepted) },
+    { "altpath_nbd_connections_refused_total", "counter",
+      "NBD connections closed as soon as accepted: too many open (16384), "
+      "or no memory or thread for them (see the log).",
+      offsetof (struct nbd_server_stats, refused) },
+    { "altpath_nbd_sessions_total", "counter",
+      "NBD connections whose handshake opened a disk; the difference to "
+      "accepted is lists, aborts and refused handshakes (no such disk, "
+      "TLS, a peer not allowed).",
+      offsetof (struct nbd_server_stats, sessions) },
+  };
+  for (size_t f = 0; f < sizeof fam / sizeof fam[0]; f++) {
+    family (o, fam[f].name, fam[f].type, fam[f].help);
+    for (size_t i = 0; i < n; i++) {
+      uint64_t val;
+      memcpy (&val, (const char *) &v[i].st + fam[f].off, sizeof val);
+      out_printf (o, "%s{server=\"%s\"} %" PRIu64 "\n", fam[f].name,
+                  v[i].name, val);
+    }
+  }
 }
 
 static void
