@@ -809,6 +809,7 @@ copy_view_ok (struct cluster *c, bool ok, const char *msg)
 static void *
 cluster_thread (void *arg)
 {
+  pthread_setname_np (pthread_self (), "ap-cluster");
   struct cluster *c = arg;
   uint64_t wake = 0;
 
@@ -874,6 +875,7 @@ registry_changed (void *opaque)
 static void *
 inotify_thread (void *arg)
 {
+  pthread_setname_np (pthread_self (), "ap-inotify");
   struct cluster *c = arg;
   char buf[4096] __attribute__ ((aligned (__alignof__ (struct inotify_event))));
   struct pollfd pfd = { .fd = c->inotify_fd, .events = POLLIN };
@@ -901,6 +903,7 @@ inotify_thread (void *arg)
 static void *
 local_server_thread (void *arg)
 {
+  pthread_setname_np (pthread_self (), "nbd-local");
   struct cluster *c = arg;
   nbd_server_run (c->local, c->local_quit[0]);
   return NULL;

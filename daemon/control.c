@@ -756,6 +756,7 @@ ms_until (uint64_t deadline, uint64_t now)
 static void *
 client_thread (void *arg)
 {
+  pthread_setname_np (pthread_self (), "ap-ctl-client");
   struct client *cl = arg;
   struct control *ctl = cl->ctl;
   char *buf = malloc (CTL_LINE_MAX);
@@ -985,6 +986,7 @@ accept_one (struct control *ctl)
 static void *
 acceptor_thread (void *arg)
 {
+  pthread_setname_np (pthread_self (), "ap-control");
   struct control *ctl = arg;
   for (;;) {
     struct pollfd pfd[2] = {

@@ -1060,6 +1060,7 @@ static const struct fuse_lowlevel_ops ops = {
 static void *
 worker_thread (void *arg)
 {
+  pthread_setname_np (pthread_self (), "ap-fuse");
   struct worker *w = arg;
   struct devfs *fs = w->fs;
   int fd = fuse_session_fd (fs->se);

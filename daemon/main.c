@@ -614,6 +614,7 @@ reload (struct daemon *dm)
 static void *
 signal_thread (void *arg)
 {
+  pthread_setname_np (pthread_self (), "ap-signal");
   struct daemon *dm = arg;
   struct pollfd pfd[2] = {
     { .fd = dm->sigfd, .events = POLLIN },

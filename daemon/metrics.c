@@ -783,6 +783,7 @@ serve (struct client *cl, char *buf, size_t len)
 static void *
 client_thread (void *arg)
 {
+  pthread_setname_np (pthread_self (), "ap-metrics-req");
   struct client *cl = arg;
   struct metrics *m = cl->m;
   char *buf = malloc (REQUEST_MAX + 1);
@@ -890,6 +891,7 @@ accept_one (struct metrics *m)
 static void *
 acceptor_thread (void *arg)
 {
+  pthread_setname_np (pthread_self (), "ap-metrics");
   struct metrics *m = arg;
   for (;;) {
     struct pollfd pfd[2] = {

@@ -50,6 +50,7 @@
 #include <inttypes.h>
 #include <poll.h>
 #include <stddef.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -972,6 +973,7 @@ mark_dead (struct nbd_conn *c)
 static void *
 writer_thread (void *arg)
 {
+  pthread_setname_np (pthread_self (), "nbd-reply");
   struct nbd_conn *c = arg;
   struct iovec iov[BATCH_SLOTS * 3];
 
@@ -1198,6 +1200,7 @@ enable_stamps (int fd)
 static void *
 conn_thread (void *arg)
 {
+  pthread_setname_np (pthread_self (), "nbd-conn");
   struct nbd_conn *c = arg;
   uint8_t *optbuf = malloc (NBD_HS_OPT_MAX);
   int tflags = -1;

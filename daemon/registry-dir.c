@@ -644,6 +644,7 @@ rd_renew (struct rd *rd)
 static void *
 rd_thread (void *arg)
 {
+  pthread_setname_np (pthread_self (), "reg-dir");
   struct rd *rd = arg;
   uint64_t renew_every = AP_MS (rd->lease_ms / 3);
   unsigned tick_ms = rd->lease_ms / 10;

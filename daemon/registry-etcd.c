@@ -756,6 +756,7 @@ re_keepalive (struct re *e, int64_t lease, char *msg, size_t msglen)
 static void *
 re_ka_thread (void *arg)
 {
+  pthread_setname_np (pthread_self (), "etcd-keepalive");
   struct re *e = arg;
   char msg[1536];
 
@@ -866,6 +867,7 @@ re_watch_cb (char *data, size_t size, size_t nmemb, void *opaque)
 static void *
 re_watch_thread (void *arg)
 {
+  pthread_setname_np (pthread_self (), "etcd-watch");
   struct re *e = arg;
   char key[512], end[512], url[REG_URI_MAX + 16];
   bool first = true;

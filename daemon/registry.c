@@ -468,6 +468,7 @@ reg_changed (struct registry *r)
 static void *
 reg_notify_thread (void *arg)
 {
+  pthread_setname_np (pthread_self (), "reg-notify");
   struct registry *r = arg;
 
   pthread_mutex_lock (&r->mu);

@@ -132,6 +132,7 @@ fault_fence (struct ap_path *p)
 static void *
 fault_thread (void *arg)
 {
+  pthread_setname_np (pthread_self (), "ap-fault");
   struct fault_path *f = arg;
   pthread_mutex_lock (&f->lock);
   while (!f->stop) {

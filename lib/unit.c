@@ -1205,6 +1205,7 @@ deliver_events (struct ap_unit *u)
 static void *
 unit_thread (void *arg)
 {
+  pthread_setname_np (pthread_self (), "ap-unit");
   struct ap_unit *u = arg;
 
   pthread_mutex_lock (&u->lock);
