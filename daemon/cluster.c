@@ -975,6 +975,9 @@ cluster_start (const struct config *cfg, void (*rescan) (void *),
   struct registry_options ro = {
     .backend = cfg->registry_backend, .dir = cfg->registry_dir,
     .endpoints = cfg->registry_endpoints, .prefix = cfg->registry_prefix,
+    .ca_file = cfg->registry_ca_file, .cert_file = cfg->registry_cert_file,
+    .key_file = cfg->registry_key_file,
+    .username = cfg->registry_username, .password = cfg->registry_password,
     .lease_ms = cfg->registry_lease_ms, .node = cfg->node,
   };
   c->reg = registry_open (&ro, err, errlen);

@@ -132,6 +132,8 @@ struct parser {
   unsigned node_name_line, node_alloclass_line;
   unsigned metrics_listen_line;
   unsigned psk_line, cert_line, verify_line, allow_line, priority_line;
+  unsigned reg_ca_line, reg_cert_line, reg_key_line, reg_user_line,
+    reg_password_line, reg_endpoints_line;
   struct listen_lines *ll;      /* parallel to cfg->listen */
   struct port_lines *pl;        /* parallel to cfg->ports */
   struct disk_extra *dx;        /* parallel to cfg->disks */
@@ -789,6 +791,27 @@ handle_listen (struct parser *p, const char *key, const char *value)
   return -1;
 }
 
+/* value, made absolute into out, must be a regular file we can read;
+ * what names it in the message ("the PSK file"), hint says what to do. */
+static int
+readable_file (struct parser *p, unsigned line, const char *key,
+               const char *value, char *out, size_t size, const char *what,
+               const char *hint)
+{
+  struct stat st;
+  if (!*value || !resolve_path (p, value, out, size)) {
+    fail_key (p, line, key, "give the path of %s", what);
+    return -1;
+  }
+  errno = 0;
+  if (stat (out, &st) < 0 || !S_ISREG (st.st_mode) || access (out, R_OK) < 0) {
+    fail_key (p, line, key, "cannot read %s %s: %s; %s", what, out,
+              errno ? strerror (errno) : "not a regular file", hint);
+    return -1;
+  }
+  return 0;
+}
+
 static int
 handle_tls (struct parser *p, const char *key, const char *value)
 {
@@ -798,20 +821,10 @@ handle_tls (struct parser *p, const char *key, const char *value)
 
   errno = 0;
   if (strcmp (key, "psk-file") == 0) {
-    if (!*value || !resolve_path (p, value, cfg->tls_psk_file,
-                                  sizeof cfg->tls_psk_file)) {
-      fail_key (p, line, key, "give the path of a PSK file (made with "
-                "'psktool -u NAME -p FILE')");
+    if (readable_file (p, line, key, value, cfg->tls_psk_file,
+                       sizeof cfg->tls_psk_file, "the PSK file",
+                       "create it with 'psktool -u NAME -p FILE'") < 0)
       return -1;
-    }
-    if (stat (cfg->tls_psk_file, &st) < 0 || !S_ISREG (st.st_mode)
-        || access (cfg->tls_psk_file, R_OK) < 0) {
-      fail_key (p, line, key, "cannot read the PSK file %s: %s; create it "
-                "with 'psktool -u NAME -p %s'", cfg->tls_psk_file,
-                errno ? strerror (errno) : "not a regular file",
-                cfg->tls_psk_file);
-      return -1;
-    }
     p->psk_line = line;
     return 0;
   }
@@ -901,6 +914,80 @@ handle_units (struct parser *p, const char *key, const char *value)
   return 0;
 }
 
+/* The first line of a password file (the newline is not part of it). */
+static int
+read_password (struct parser *p, unsigned line, const char *key,
+               const char *file, char *out, size_t size)
+{
+  FILE *f = fopen (file, "re");
+  char buf[1024];
+  if (!f || !fgets (buf, sizeof buf, f)) {
+    fail_key (p, line, key, "cannot read a password from %s: %s; write "
+              "the etcd user's password on its first line", file,
+              f ? "it is empty" : strerror (errno));
+    if (f)
+      fclose (f);
+    return -1;
+  }
+  fclose (f);
+  buf[strcspn (buf, "\r\n")] = '\0';
+  if (!buf[0] || strlen (buf) >= size) {
+    fail_key (p, line, key, "the first line of %s is %s; write the etcd "
+              "user's password there (1 to %zu bytes)", file,
+              buf[0] ? "too long" : "empty", size - 1);
+    return -1;
+  }
+  memcpy (out, buf, strlen (buf) + 1);
+  explicit_bzero (buf, sizeof buf);
+  return 0;
+}
+
+/* The etcd keys that only make sense together, checked once the section
+ * is read. */
+static int
+check_registry_security (struct parser *p)
+{
+  struct config *cfg = p->cfg;
+  const struct { unsigned line; const char *key; } any[] = {
+    { p->reg_ca_line, "ca-file" }, { p->reg_cert_line, "cert-file" },
+    { p->reg_key_line, "key-file" }, { p->reg_user_line, "username" },
+    { p->reg_password_line, "password-file" },
+  };
+  bool etcd = strcmp (cfg->registry_backend, "etcd") == 0;
+  for (size_t i = 0; i < sizeof any / sizeof any[0]; i++) {
+    char k[64];
+    snprintf (k, sizeof k, "key '%s'", any[i].key);
+    if (!any[i].line)
+      continue;
+    if (!etcd) {
+      fail_at (p, any[i].line, k, "only the etcd backend takes it (this "
+               "[registry] uses '%s')", cfg->registry_backend);
+      return -1;
+    }
+    /* TLS files with a plain http:// endpoint would be silently unused. */
+    if (i < 3 && strstr (cfg->registry_endpoints, "http://")) {
+      fail_at (p, any[i].line, k, "the endpoints (line %u) include an "
+               "http:// URL, which does not use TLS; give https:// "
+               "endpoints", p->reg_endpoints_line);
+      return -1;
+    }
+  }
+  if (!p->reg_cert_line != !p->reg_key_line) {
+    fail_at (p, p->reg_cert_line ? p->reg_cert_line : p->reg_key_line,
+             p->reg_cert_line ? "key 'cert-file'" : "key 'key-file'",
+             "a client certificate needs both 'cert-file' and 'key-file'");
+    return -1;
+  }
+  if (!p->reg_user_line != !p->reg_password_line) {
+    fail_at (p, p->reg_user_line ? p->reg_user_line : p->reg_password_line,
+             p->reg_user_line ? "key 'username'" : "key 'password-file'",
+             "etcd authentication needs both 'username' and "
+             "'password-file'");
+    return -1;
+  }
+  return 0;
+}
+
 /* [registry]: which backend, where. */
 static int
 handle_registry (struct parser *p, const char *key, const char *value)
@@ -940,7 +1027,51 @@ handle_registry (struct parser *p, const char *key, const char *value)
     }
     snprintf (cfg->registry_endpoints, sizeof cfg->registry_endpoints, "%s",
               value);
+    p->reg_endpoints_line = line;
     return 0;
+  }
+  if (strcmp (key, "ca-file") == 0) {
+    p->reg_ca_line = line;
+    return readable_file (p, line, key, value, cfg->registry_ca_file,
+                          sizeof cfg->registry_ca_file, "the CA file",
+                          "give the PEM file of the CA that signed the etcd "
+                          "members' certificates");
+  }
+  if (strcmp (key, "cert-file") == 0) {
+    p->reg_cert_line = line;
+    return readable_file (p, line, key, value, cfg->registry_cert_file,
+                          sizeof cfg->registry_cert_file,
+                          "the client certificate",
+                          "give this node's PEM certificate for etcd");
+  }
+  if (strcmp (key, "key-file") == 0) {
+    p->reg_key_line = line;
+    return readable_file (p, line, key, value, cfg->registry_key_file,
+                          sizeof cfg->registry_key_file,
+                          "the client certificate's key",
+                          "give the PEM private key of cert-file");
+  }
+  if (strcmp (key, "username") == 0) {
+    if (!*value || strlen (value) >= sizeof cfg->registry_username) {
+      fail_key (p, line, key, "give the etcd user altpathd logs in as "
+                "(1 to %zu bytes)", sizeof cfg->registry_username - 1);
+      return -1;
+    }
+    snprintf (cfg->registry_username, sizeof cfg->registry_username, "%s",
+              value);
+    p->reg_user_line = line;
+    return 0;
+  }
+  if (strcmp (key, "password-file") == 0) {
+    char file[4096];
+    p->reg_password_line = line;
+    if (readable_file (p, line, key, value, file, sizeof file,
+                       "the password file", "write the etcd user's "
+                       "password on its first line, in a file only root "
+                       "can read") < 0)
+      return -1;
+    return read_password (p, line, key, file, cfg->registry_password,
+                          sizeof cfg->registry_password);
   }
   if (strcmp (key, "prefix") == 0) {
     if (value[0] != '/' || strlen (value) >= sizeof cfg->registry_prefix) {
@@ -961,7 +1092,9 @@ handle_registry (struct parser *p, const char *key, const char *value)
     return 0;
   }
   fail_key (p, line, key, "unknown key in [registry]; [registry] takes "
-            "'backend', 'dir', 'endpoints', 'prefix' and 'lease-ms'");
+            "'backend', 'dir', 'endpoints', 'prefix', 'lease-ms', "
+            "'ca-file', 'cert-file', 'key-file', 'username' and "
+            "'password-file'");
   return -1;
 }
 
@@ -1484,6 +1617,8 @@ finish_cluster (struct parser *p)
              "endpoints = http://127.0.0.1:2379");
     return -1;
   }
+  if (check_registry_security (p) < 0)
+    return -1;
   if (!cfg->local_request_timeout_ms)
     cfg->local_request_timeout_ms = 1000;
   if (!cfg->local_verify_timeout_ms)

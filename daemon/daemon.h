@@ -106,6 +106,14 @@ struct config {
   char registry_backend[16];    /* "dir" (default) or "etcd" */
   char registry_dir[4096];      /* dir backend */
   char registry_endpoints[1024];/* etcd: comma-separated URLs */
+  /* etcd over https: the CA that signed the members' certificates ("":
+   * the system's), and a client certificate for --client-cert-auth */
+  char registry_ca_file[4096];
+  char registry_cert_file[4096], registry_key_file[4096];
+  /* etcd authentication (users and roles): the user, and the password
+   * read from password-file when the configuration is read */
+  char registry_username[128];
+  char registry_password[256];
   char registry_prefix[128];    /* etcd key prefix */
   unsigned registry_lease_ms;
 

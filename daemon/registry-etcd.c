@@ -29,6 +29,16 @@
  * are put again as soon as etcd answers (under a new lease if the old one
  * expired meanwhile).  registry_health says what is wrong meanwhile.
  *
+ * Security ([registry] ca-file, cert-file, key-file; username,
+ * password-file): https:// endpoints are verified against ca-file (else
+ * the system's CAs), and cert-file is shown to members that require
+ * client certificates.  With a username, every request carries a token
+ * from POST /v3/auth/authenticate in its Authorization header.  etcd's
+ * "simple" tokens belong to the member that issued them and lapse (after
+ * 5 minutes idle, or when the member restarts), so a request told
+ * "invalid auth token" (or sent to another member) authenticates again
+ * and is sent once more; a wrong password ends the call at once.
+ *
  * Shutdown: a pipe-to-self wakes the keepalive thread, curl_multi_wakeup
  * the watch thread, and libcurl's progress callback aborts a request in
  * flight on either thread.
@@ -68,9 +78,14 @@
 #define RE_MAX_TTL 86400
 
 /* gRPC status codes that etcd's gateway passes on. */
+#define RE_GRPC_INVALID_ARGUMENT 3  /* with auth: a bad password, or no
+                                       token ("user name is empty") */
 #define RE_GRPC_NOT_FOUND 5
 #define RE_GRPC_DEADLINE 4
+#define RE_GRPC_PERMISSION_DENIED 7
 #define RE_GRPC_UNAVAILABLE 14
+#define RE_GRPC_UNAUTHENTICATED 16     /* the token lapsed, or is another
+                                          member's */
 
 struct re {
   struct registry *r;
@@ -79,6 +94,11 @@ struct re {
   char *eps[RE_MAX_ENDPOINTS];  /* "http://127.0.0.1:2379", no '/' at end */
   size_t neps;
   char eplist[1024];            /* the endpoints, for messages */
+  char *ca_file, *cert_file, *key_file;  /* NULL: not given */
+  char user[128];               /* "": etcd without authentication */
+  char password[256];
+  pthread_mutex_t tmu;          /* guards token (a leaf lock) */
+  char token[512];              /* "": none yet, or it lapsed */
   int64_t ttl_req;              /* lease TTL asked for, seconds */
   atomic_uint cur;              /* the endpoint requests start at */
   atomic_bool stopping;         /* registry_close: threads, exit */
@@ -244,10 +264,58 @@ re_once_init (void)
   curl_global_init (CURL_GLOBAL_DEFAULT);
 }
 
+/* The headers of a request: JSON, and the token when there is one. */
+static struct curl_slist *
+re_headers (struct re *e, bool with_token)
+{
+  struct curl_slist *h = curl_slist_append (NULL,
+                                            "Content-Type: application/json");
+  char auth[sizeof e->token + 32] = "";
+  if (with_token) {
+    pthread_mutex_lock (&e->tmu);
+    if (e->token[0])
+      snprintf (auth, sizeof auth, "Authorization: %s", e->token);
+    pthread_mutex_unlock (&e->tmu);
+  }
+  if (h && auth[0]) {
+    struct curl_slist *t = curl_slist_append (h, auth);
+    if (!t) {
+      curl_slist_free_all (h);
+      return NULL;
+    }
+    h = t;
+  }
+  return h;
+}
+
 static void
-re_common_opts (CURL *c, struct curl_slist *hdrs, long connect_ms)
+re_forget_token (struct re *e)
+{
+  pthread_mutex_lock (&e->tmu);
+  e->token[0] = '\0';
+  pthread_mutex_unlock (&e->tmu);
+}
+
+static bool
+re_have_token (struct re *e)
+{
+  pthread_mutex_lock (&e->tmu);
+  bool have = e->token[0] != '\0';
+  pthread_mutex_unlock (&e->tmu);
+  return have;
+}
+
+static void
+re_common_opts (struct re *e, CURL *c, struct curl_slist *hdrs,
+                long connect_ms)
 {
   curl_easy_setopt (c, CURLOPT_NOSIGNAL, 1L);
+  if (e->ca_file)
+    curl_easy_setopt (c, CURLOPT_CAINFO, e->ca_file);
+  if (e->cert_file) {
+    curl_easy_setopt (c, CURLOPT_SSLCERT, e->cert_file);
+    curl_easy_setopt (c, CURLOPT_SSLKEY, e->key_file);
+  }
   curl_easy_setopt (c, CURLOPT_HTTPHEADER, hdrs);
   curl_easy_setopt (c, CURLOPT_CONNECTTIMEOUT_MS, connect_ms);
   curl_easy_setopt (c, CURLOPT_PROTOCOLS_STR, "http,https");
@@ -262,13 +330,13 @@ re_common_opts (CURL *c, struct curl_slist *hdrs, long connect_ms)
  * its HTTP status, out its body. */
 static int
 re_post (struct re *e, unsigned idx, const char *path, const char *body,
-         long timeout_ms, atomic_bool *cancel, struct re_buf *out,
-         long *status, bool *timed_out, char *msg, size_t msglen)
+         bool with_token, long timeout_ms, atomic_bool *cancel,
+         struct re_buf *out, long *status, bool *timed_out, char *msg,
+         size_t msglen)
 {
   char url[REG_URI_MAX + 64], cerr[CURL_ERROR_SIZE] = "";
   CURL *c = curl_easy_init ();
-  struct curl_slist *hdrs = curl_slist_append (NULL,
-                                               "Content-Type: application/json");
+  struct curl_slist *hdrs = re_headers (e, with_token);
   int rc = -1;
 
   if (!c || !hdrs) {
@@ -276,7 +344,7 @@ re_post (struct re *e, unsigned idx, const char *path, const char *body,
     goto out;
   }
   snprintf (url, sizeof url, "%s%s", e->eps[idx], path);
-  re_common_opts (c, hdrs,
+  re_common_opts (e, c, hdrs,
                   timeout_ms < RE_CONNECT_MS ? timeout_ms : RE_CONNECT_MS);
   curl_easy_setopt (c, CURLOPT_URL, url);
   curl_easy_setopt (c, CURLOPT_POSTFIELDS, body);
@@ -293,9 +361,32 @@ re_post (struct re *e, unsigned idx, const char *path, const char *body,
   CURLcode cc = curl_easy_perform (c);
   *timed_out = cc == CURLE_OPERATION_TIMEDOUT;
   if (cc != CURLE_OK) {
-    /* Short: a health message lists one of these per endpoint. */
-    snprintf (msg, msglen, "%.300s: %s", e->eps[idx],
-              curl_easy_strerror (cc));
+    /* Short: a health message lists one of these per endpoint; TLS
+     * failures say which certificate and why (curl's buffer), and what to
+     * set. */
+    const char *hint = "";
+    bool https = strncmp (e->eps[idx], "https://", 8) == 0;
+    /* A member that wants a client certificate ends the TLS session after
+     * the handshake (TLS 1.3): curl then fails to send or to receive. */
+    bool cut = cc == CURLE_SEND_ERROR || cc == CURLE_RECV_ERROR
+      || cc == CURLE_SSL_CONNECT_ERROR;
+    bool cert_trouble = strstr (cerr, "certificate") != NULL;
+    if (cc == CURLE_PEER_FAILED_VERIFICATION)
+      hint = "; check [registry] ca-file: the CA that signed the members' "
+        "certificates";
+    else if (https && (cert_trouble || cut) && !e->cert_file)
+      hint = "; if the member requires client certificates (etcd "
+        "--client-cert-auth), set cert-file and key-file in [registry]";
+    else if (https && (cert_trouble || cut))
+      hint = "; did the member refuse cert-file? It must be signed by a CA "
+        "the member trusts (etcd --trusted-ca-file)";
+    bool tls = https && (cc == CURLE_PEER_FAILED_VERIFICATION
+                         || cert_trouble || cut
+                         || cc == CURLE_SSL_CERTPROBLEM
+                         || cc == CURLE_SSL_CACERT_BADFILE);
+    snprintf (msg, msglen, "%.300s: %s%s%.300s%s%s", e->eps[idx],
+              curl_easy_strerror (cc), tls && cerr[0] ? " (" : "",
+              tls && cerr[0] ? cerr : "", tls && cerr[0] ? ")" : "", hint);
     ap_debug (AP_DEBUG_CONTROL, "registry: %s: %s", url,
               cerr[0] ? cerr : curl_easy_strerror (cc));
     goto out;
@@ -370,6 +461,68 @@ re_tried (char *tried, size_t size, const char *what)
     snprintf (tried + n, size - n, "%s%s", n ? "; " : "", what);
 }
 
+/* Log in at member idx: a new token.  0; -1 if it did not answer (msg,
+ * *timed_out); -2 if it refused the user (msg says what to do). */
+static int
+re_authenticate (struct re *e, unsigned idx, long timeout_ms,
+                 atomic_bool *cancel, bool *timed_out, char *msg,
+                 size_t msglen)
+{
+  json_object *req = json_object_new_object ();
+  json_object_object_add (req, "name", json_object_new_string (e->user));
+  json_object_object_add (req, "password",
+                          json_object_new_string (e->password));
+  char *body = strdup (json_object_to_json_string_ext (req,
+                                                       JSON_C_TO_STRING_PLAIN));
+  json_object_put (req);
+  if (!body) {
+    snprintf (msg, msglen, "%s: out of memory", e->eps[idx]);
+    return -1;
+  }
+  struct re_buf out = { 0 };
+  long status = 0;
+  int rc = re_post (e, idx, "/v3/auth/authenticate", body, false, timeout_ms,
+                    cancel, &out, &status, timed_out, msg, msglen);
+  explicit_bzero (body, strlen (body));
+  free (body);
+  if (rc < 0) {
+    free (out.p);
+    return -1;
+  }
+  json_object *o = out.p ? re_parse (out.p, out.n) : NULL, *v;
+  char emsg[400];
+  int code = 0;
+  bool is_err = re_error_of (o, &code, emsg, sizeof emsg);
+  if (status == 200 && o && !is_err
+      && json_object_object_get_ex (o, "token", &v)
+      && json_object_is_type (v, json_type_string)
+      && json_object_get_string_len (v) > 0
+      && (size_t) json_object_get_string_len (v) < sizeof e->token) {
+    pthread_mutex_lock (&e->tmu);
+    snprintf (e->token, sizeof e->token, "%s", json_object_get_string (v));
+    pthread_mutex_unlock (&e->tmu);
+    rc = 0;
+  }
+  else if (status >= 500 || code == RE_GRPC_UNAVAILABLE
+           || code == RE_GRPC_DEADLINE) {
+    snprintf (msg, msglen, "%.200s: logging in as '%.100s': %.150s",
+              e->eps[idx], e->user, is_err ? emsg : "HTTP error");
+    rc = -1;
+  }
+  else {
+    snprintf (msg, msglen, "etcd %.200s refused the login of user '%.100s' "
+              "(%.150s); "
+              "check [registry] username and password-file, and that "
+              "authentication is enabled in etcd (etcdctl auth enable)",
+              e->eps[idx], e->user,
+              is_err ? emsg : out.p ? out.p : "no answer");
+    rc = -2;
+  }
+  json_object_put (o);
+  free (out.p);
+  return rc;
+}
+
 /* POST req (consumed) to the cluster; the answer's JSON on success.  On
  * failure NULL, with msg and errno: EHOSTUNREACH when no member answered
  * in time (health turns false), or, when etcd answered with an error,
@@ -386,6 +539,7 @@ re_call (struct re *e, const char *path, json_object *req, atomic_bool *cancel,
   uint64_t deadline = ap_now_ns () + AP_MS (RE_BUDGET_MS);
   json_object *res = NULL;
   int dummy;
+  bool relogged = false;        /* a lapsed token was renewed this call */
 
   if (!code)
     code = &dummy;
@@ -406,8 +560,26 @@ re_call (struct re *e, const char *path, json_object *req, atomic_bool *cancel,
       struct re_buf out = { 0 };
       long status = 0;
       bool timed_out = false;
-      if (re_post (e, idx, path, body, left < limit ? left : limit, cancel,
-                   &out, &status, &timed_out, last, sizeof last) == -1) {
+      if (e->user[0] && !re_have_token (e)) {
+        int a = re_authenticate (e, idx, left < limit ? left : limit, cancel,
+                                 &timed_out, last, sizeof last);
+        if (a == -2) {
+          /* Refused is as bad as away for discovery: health says so. */
+          if (!(cancel && atomic_load (cancel)))
+            re_unreachable (e, last);
+          snprintf (msg, msglen, "%s", last);
+          errno = EACCES;         /* after the log line, which may set it */
+          goto done;
+        }
+        if (a == -1) {
+          re_tried (tried, sizeof tried, last);
+          retry |= timed_out;
+          continue;
+        }
+      }
+      if (re_post (e, idx, path, body, true, left < limit ? left : limit,
+                   cancel, &out, &status, &timed_out, last,
+                   sizeof last) == -1) {
         free (out.p);
         re_tried (tried, sizeof tried, last);
         retry |= timed_out;
@@ -438,11 +610,41 @@ re_call (struct re *e, const char *path, json_object *req, atomic_bool *cancel,
         retry = true;
         continue;
       }
+      bool no_token = ecode == RE_GRPC_INVALID_ARGUMENT
+        && strstr (emsg, "user name is empty");
+      if (e->user[0] && !relogged
+          && (ecode == RE_GRPC_UNAUTHENTICATED || no_token)) {
+        /* The token lapsed, or is another member's: log in again and
+         * send the request once more, to the same member. */
+        re_forget_token (e);
+        relogged = true;
+        i--;
+        continue;
+      }
       /* etcd answered, and said no. */
-      re_reached (e, idx);
       *code = ecode;
-      snprintf (msg, msglen, "etcd %s%s: %s", e->eps[idx], path, emsg);
-      errno = ecode == RE_GRPC_NOT_FOUND ? ENOENT : EPROTO;
+      if (no_token && !e->user[0])
+        snprintf (msg, msglen, "etcd %s requires authentication; set "
+                  "'username' and 'password-file' in [registry] (an etcd "
+                  "user whose role may read and write %s)", e->eps[idx],
+                  e->prefix);
+      else if (ecode == RE_GRPC_PERMISSION_DENIED)
+        snprintf (msg, msglen, "etcd %s%s: permission denied to user '%s'; "
+                  "grant its role read and write on the prefix (etcdctl "
+                  "role grant-permission ROLE --prefix=true readwrite %s)",
+                  e->eps[idx], path, e->user, e->prefix);
+      else
+        snprintf (msg, msglen, "etcd %s%s: %s", e->eps[idx], path, emsg);
+      int en = ecode == RE_GRPC_NOT_FOUND ? ENOENT
+        : no_token || ecode == RE_GRPC_PERMISSION_DENIED
+        || ecode == RE_GRPC_UNAUTHENTICATED ? EACCES : EPROTO;
+      /* A refusal of who we are (not of one request) stops discovery as
+       * surely as no answer: health says so. */
+      if (en == EACCES && !(cancel && atomic_load (cancel)))
+        re_unreachable (e, msg);
+      else
+        re_reached (e, idx);
+      errno = en;
       goto done;
     }
     /* Connection errors everywhere: no point in a second round.  A member
@@ -814,6 +1016,7 @@ struct re_wstate {
   struct re_buf buf;            /* what is not yet a whole line */
   bool created;                 /* etcd confirmed the watch */
   bool restart;                 /* canceled, an error: start again */
+  bool token_lapsed;            /* canceled for the token: log in again */
 };
 
 static void
@@ -834,8 +1037,16 @@ re_watch_line (struct re_wstate *w, const char *line, size_t len)
         && json_object_get_boolean (v))
       w->created = true;
     if (json_object_object_get_ex (result, "canceled", &v)
-        && json_object_get_boolean (v))
+        && json_object_get_boolean (v)) {
       w->restart = true;
+      const char *why = json_object_object_get_ex (result, "cancel_reason",
+                                                   &v)
+        ? json_object_get_string (v) : NULL;
+      if (why && (strstr (why, "auth token") || strstr (why, "user name")))
+        w->token_lapsed = true;
+      ap_debug (AP_DEBUG_CONTROL, "registry: etcd ended the watch: %s",
+                why ? why : "no reason given");
+    }
     if (json_object_object_get_ex (result, "events", &v)
         && json_object_is_type (v, json_type_array)
         && json_object_array_length (v) > 0)
@@ -887,12 +1098,22 @@ re_watch_thread (void *arg)
   while (!atomic_load (&e->stopping)) {
     unsigned idx = atomic_load (&e->cur) % e->neps;
     struct re_wstate w = { .e = e };
+    char msg[600];
+    bool timed_out;
+    if (e->user[0] && !re_have_token (e)
+        && re_authenticate (e, idx, RE_REQUEST_MS, &e->stopping, &timed_out,
+                            msg, sizeof msg) < 0) {
+      ap_debug (AP_DEBUG_CONTROL, "registry: etcd watch: %s", msg);
+      goto next;                /* as a member that would not watch */
+    }
     CURL *c = curl_easy_init ();
-    struct curl_slist *hdrs = curl_slist_append (NULL,
-                                                 "Content-Type: application/json");
+    struct curl_slist *hdrs = re_headers (e, true), *h2 = NULL;
     /* Have the member end the watch when it loses its leader, rather than
      * keep a stream that will never carry an event. */
-    hdrs = curl_slist_append (hdrs, "Grpc-Metadata-hasleader: true");
+    if (hdrs && !(h2 = curl_slist_append (hdrs, "Grpc-Metadata-hasleader: "
+                                          "true")))
+      curl_slist_free_all (hdrs);
+    hdrs = h2;
     if (!c || !hdrs) {
       if (c)
         curl_easy_cleanup (c);
@@ -900,7 +1121,7 @@ re_watch_thread (void *arg)
       break;
     }
     snprintf (url, sizeof url, "%s/v3/watch", e->eps[idx]);
-    re_common_opts (c, hdrs, RE_CONNECT_MS);
+    re_common_opts (e, c, hdrs, RE_CONNECT_MS);
     curl_easy_setopt (c, CURLOPT_URL, url);
     curl_easy_setopt (c, CURLOPT_POSTFIELDS, body);
     curl_easy_setopt (c, CURLOPT_POSTFIELDSIZE, (long) strlen (body));
@@ -933,8 +1154,11 @@ re_watch_thread (void *arg)
     curl_easy_cleanup (c);
     curl_slist_free_all (hdrs);
     free (w.buf.p);
+    if (w.token_lapsed)
+      re_forget_token (e);
     if (atomic_load (&e->stopping))
       break;
+  next:
     if (!w.created) {
       /* This member would not watch: the next one. */
       unsigned expect = idx;
@@ -1012,6 +1236,7 @@ re_open (struct registry *r, const struct registry_options *opt,
   e->stop[0] = e->stop[1] = -1;
   pthread_mutex_init (&e->mu, NULL);
   pthread_mutex_init (&e->hmu, NULL);
+  pthread_mutex_init (&e->tmu, NULL);
   e->reachable = true;
   snprintf (e->node, sizeof e->node, "%s", node);
   e->ttl_req = (lease_ms + 999) / 1000;
@@ -1028,6 +1253,29 @@ re_open (struct registry *r, const struct registry_options *opt,
   }
   snprintf (e->prefix, sizeof e->prefix, "%s%s", prefix,
             prefix[pl - 1] == '/' ? "" : "/");
+  if ((opt->ca_file && *opt->ca_file && !(e->ca_file = strdup (opt->ca_file)))
+      || (opt->cert_file && *opt->cert_file
+          && !(e->cert_file = strdup (opt->cert_file)))
+      || (opt->key_file && *opt->key_file
+          && !(e->key_file = strdup (opt->key_file)))) {
+    snprintf (err, errlen, "registry etcd: out of memory");
+    goto fail;
+  }
+  if (!e->cert_file != !e->key_file) {
+    snprintf (err, errlen, "registry etcd: a client certificate needs both "
+              "a certificate and a key file");
+    goto fail_inval;
+  }
+  if (opt->username && *opt->username) {
+    if (strlen (opt->username) >= sizeof e->user || !opt->password
+        || !*opt->password || strlen (opt->password) >= sizeof e->password) {
+      snprintf (err, errlen, "registry etcd: user '%s' needs a password of "
+                "1 to %zu bytes", opt->username, sizeof e->password - 1);
+      goto fail_inval;
+    }
+    snprintf (e->user, sizeof e->user, "%s", opt->username);
+    snprintf (e->password, sizeof e->password, "%s", opt->password);
+  }
 
   if (pipe2 (e->stop, O_CLOEXEC) == -1 || !(e->wmulti = curl_multi_init ())) {
     snprintf (err, errlen, "registry etcd: %s", strerror (errno));
@@ -1237,7 +1485,13 @@ re_free (struct re *e)
   }
   for (size_t i = 0; i < e->neps; i++)
     free (e->eps[i]);
+  free (e->ca_file);
+  free (e->cert_file);
+  free (e->key_file);
+  explicit_bzero (e->password, sizeof e->password);
+  explicit_bzero (e->token, sizeof e->token);
   reg_pubset_free (&e->pub);
+  pthread_mutex_destroy (&e->tmu);
   pthread_mutex_destroy (&e->hmu);
   pthread_mutex_destroy (&e->mu);
   free (e);

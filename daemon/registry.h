@@ -73,6 +73,11 @@ struct registry_options {
   const char *dir;              /* dir: default /run/altpath/registry */
   const char *endpoints;        /* etcd: "http://127.0.0.1:2379,http://..." */
   const char *prefix;           /* etcd key prefix, default "/altpath/" */
+  /* etcd over https (NULL or "": not used): the CA of the members'
+   * certificates (else the system's store), a client certificate */
+  const char *ca_file, *cert_file, *key_file;
+  /* etcd authentication (NULL or "": none): user and password */
+  const char *username, *password;
   unsigned lease_ms;            /* liveness: a silent node is gone after
                                    this (default 3000) */
   const char *node;             /* this node's name */

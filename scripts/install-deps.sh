@@ -48,8 +48,9 @@ cluster_tools=(etcd-server etcd-client fuse3)
 
 # --- system tools for tests, soak and demo: losetup/mount (util-linux),
 #     mkfs.ext4 (e2fsprogs), ip netns and veth (iproute2), valgrind (leak
-#     checks), curl (etcd health in the tests and the soak).
-system_tools=(util-linux e2fsprogs iproute2 valgrind curl)
+#     checks), curl (etcd health in the tests and the soak), openssl (a
+#     test CA and certificates for etcd over TLS).
+system_tools=(util-linux e2fsprogs iproute2 valgrind curl openssl)
 
 # --- fuzzing: clang with libFuzzer (fuzzing/run.sh).
 fuzz_tools=(clang)

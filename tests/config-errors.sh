@@ -33,6 +33,8 @@ pass() { echo "ok: $*"; }
 
 truncate -s 4M "$tmp/a0.img" "$tmp/b100.img" "$tmp/b101.img"
 echo "alice:0123456789abcdef0123456789abcdef" >"$tmp/keys.psk"
+: >"$tmp/ca.pem"                 # only read by the registry, at start
+: >"$tmp/empty.pw"
 
 node=$'[node]\nname = alpha'
 listen=$'[listen]\naddress = unix:'"$tmp"$'/nbd.sock'
@@ -146,6 +148,18 @@ bad cluster-unknown 7 "key 'colour'" "unknown key in [cluster]" \
   "$node"$'\n'"$listen"$'\n[registry]\n[cluster]\ncolour = red'
 bad state-file-empty 7 "key 'state-file'" "give a file for the operator's choices" \
   "$node"$'\n'"$listen"$'\n[registry]\n[cluster]\nstate-file ='
+bad etcd-tls-http 8 "key 'ca-file'" "include an http:// URL, which does not use TLS" \
+  "$node"$'\n'"$listen"$'\n[registry]\nbackend = etcd\nendpoints = http://127.0.0.1:2379\nca-file = ca.pem'
+bad etcd-ca-missing 7 "key 'ca-file'" "cannot read the CA file" \
+  "$node"$'\n'"$listen"$'\n[registry]\nbackend = etcd\nca-file = nothere.pem\nendpoints = https://127.0.0.1:2379'
+bad etcd-cert-alone 8 "key 'cert-file'" "needs both 'cert-file' and 'key-file'" \
+  "$node"$'\n'"$listen"$'\n[registry]\nbackend = etcd\nendpoints = https://127.0.0.1:2379\ncert-file = ca.pem'
+bad etcd-user-alone 8 "key 'username'" "needs both 'username' and 'password-file'" \
+  "$node"$'\n'"$listen"$'\n[registry]\nbackend = etcd\nendpoints = https://127.0.0.1:2379\nusername = alpha'
+bad etcd-password-empty 8 "key 'password-file'" "the etcd user's password on its first line" \
+  "$node"$'\n'"$listen"$'\n[registry]\nbackend = etcd\nendpoints = https://127.0.0.1:2379\npassword-file = empty.pw'
+bad dir-with-user 7 "key 'username'" "only the etcd backend takes it" \
+  "$node"$'\n'"$listen"$'\n[registry]\nbackend = dir\nusername = alpha\npassword-file = keys.psk'
 
 # --- the command line -----------------------------------------------------
 for args in "--bogus" "--config" "" "--config x y"; do
