@@ -1030,27 +1030,29 @@ handle_registry (struct parser *p, const char *key, const char *value)
     p->reg_endpoints_line = line;
     return 0;
   }
-  if (strcmp (key, "ca-file") == 0) {
-    p->reg_ca_line = line;
-    return readable_file (p, line, key, value, cfg->registry_ca_file,
-                          sizeof cfg->registry_ca_file, "the CA file",
-                          "give the PEM file of the CA that signed the etcd "
-                          "members' certificates");
-  }
-  if (strcmp (key, "cert-file") == 0) {
-    p->reg_cert_line = line;
-    return readable_file (p, line, key, value, cfg->registry_cert_file,
-                          sizeof cfg->registry_cert_file,
-                          "the client certificate",
-                          "give this node's PEM certificate for etcd");
-  }
-  if (strcmp (key, "key-file") == 0) {
-    p->reg_key_line = line;
-    return readable_file (p, line, key, value, cfg->registry_key_file,
-                          sizeof cfg->registry_key_file,
-                          "the client certificate's key",
-                          "give the PEM private key of cert-file");
-  }
+  const struct {
+    const char *key;
+    char *dst;
+    size_t size;
+    unsigned *line;
+    const char *what, *hint;
+  } files[] = {
+    { "ca-file", cfg->registry_ca_file, sizeof cfg->registry_ca_file,
+      &p->reg_ca_line, "the CA file", "give the PEM file of the CA that "
+      "signed the etcd members' certificates" },
+    { "cert-file", cfg->registry_cert_file, sizeof cfg->registry_cert_file,
+      &p->reg_cert_line, "the client certificate",
+      "give this node's PEM certificate for etcd" },
+    { "key-file", cfg->registry_key_file, sizeof cfg->registry_key_file,
+      &p->reg_key_line, "the client certificate's key",
+      "give the PEM private key of cert-file" },
+  };
+  for (size_t i = 0; i < sizeof files / sizeof files[0]; i++)
+    if (strcmp (key, files[i].key) == 0) {
+      *files[i].line = line;
+      return readable_file (p, line, key, value, files[i].dst, files[i].size,
+                            files[i].what, files[i].hint);
+    }
   if (strcmp (key, "username") == 0) {
     if (!*value || strlen (value) >= sizeof cfg->registry_username) {
       fail_key (p, line, key, "give the etcd user altpathd logs in as "
