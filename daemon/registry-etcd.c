@@ -461,6 +461,24 @@ re_tried (char *tried, size_t size, const char *what)
     snprintf (tried + n, size - n, "%s%s", n ? "; " : "", what);
 }
 
+/* The token of a /v3/auth/authenticate answer into out (NUL-terminated);
+ * false if it has none that fits.  Pure (fuzzed). */
+static bool
+re_token_of (json_object *o, char *out, size_t outlen)
+{
+  json_object *v;
+  if (!o || !json_object_object_get_ex (o, "token", &v)
+      || !json_object_is_type (v, json_type_string))
+    return false;
+  const char *t = json_object_get_string (v);
+  size_t n = strlen (t);
+  /* A token goes into an HTTP header: no line breaks in it. */
+  if (n == 0 || n >= outlen || strpbrk (t, "\r\n"))
+    return false;
+  memcpy (out, t, n + 1);
+  return true;
+}
+
 /* Log in at member idx: a new token.  0; -1 if it did not answer (msg,
  * *timed_out); -2 if it refused the user (msg says what to do). */
 static int
@@ -489,18 +507,16 @@ re_authenticate (struct re *e, unsigned idx, long timeout_ms,
     free (out.p);
     return -1;
   }
-  json_object *o = out.p ? re_parse (out.p, out.n) : NULL, *v;
+  json_object *o = out.p ? re_parse (out.p, out.n) : NULL;
   char emsg[400];
   int code = 0;
   bool is_err = re_error_of (o, &code, emsg, sizeof emsg);
-  if (status == 200 && o && !is_err
-      && json_object_object_get_ex (o, "token", &v)
-      && json_object_is_type (v, json_type_string)
-      && json_object_get_string_len (v) > 0
-      && (size_t) json_object_get_string_len (v) < sizeof e->token) {
+  char token[sizeof e->token];
+  if (status == 200 && !is_err && re_token_of (o, token, sizeof token)) {
     pthread_mutex_lock (&e->tmu);
-    snprintf (e->token, sizeof e->token, "%s", json_object_get_string (v));
+    memcpy (e->token, token, sizeof token);
     pthread_mutex_unlock (&e->tmu);
+    explicit_bzero (token, sizeof token);
     rc = 0;
   }
   else if (status >= 500 || code == RE_GRPC_UNAVAILABLE

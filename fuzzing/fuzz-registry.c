@@ -3,7 +3,7 @@
  * records they publish): daemon/registry.c's record decoder and
  * daemon/registry-etcd.c's parsers of etcd's JSON gateway answers.
  *
- * Input:  1 byte   what the rest is (its value modulo 5):
+ * Input:  1 byte   what the rest is (its value modulo 6):
  *           0 record     1 byte kind (modulo 3: node, port, disk), the
  *                        publishing node's name up to a '\n', then the
  *                        record's JSON as a peer published it
@@ -16,6 +16,7 @@
  *                        splits anywhere)
  *           3 grant      a /v3/lease/grant answer
  *           4 keepalive  a /v3/lease/keepalive answer
+ *           5 login      a /v3/auth/authenticate answer (its token)
  *         then     the bytes, any at all.
  *
  * The answers go through what re_call does to every answer (re_parse,
@@ -35,7 +36,9 @@
  *     keeps no whole line in its buffer;
  *   - a grant accepted gives a lease ID and a TTL from 1 to RE_MAX_TTL
  *     seconds (the keepalive period, TTL*1000/3 ms, is an int); a refusal
- *     says why.
+ *     says why;
+ *   - a token taken fits its buffer, is not empty and has no line break
+ *     (it goes into an HTTP header).
  *
  * The registry's sources are compiled in (included below), as
  * tests/test-registry.c does, to reach their static functions; libcurl
@@ -357,6 +360,30 @@ fuzz_grant (const char *text, size_t len, bool keepalive)
   json_object_put (o);
 }
 
+static void
+fuzz_login (const char *text, size_t len)
+{
+  json_object *o = re_parse (text, len);
+  int code;
+  char emsg[400], token[64];
+  if (!o)
+    return;
+  memset (token, 'x', sizeof token);
+  if (re_error_of (o, &code, emsg, sizeof emsg)) {
+    if (!memchr (emsg, '\0', sizeof emsg))
+      abort ();
+  }
+  /* A small buffer, so that "does not fit" is reached. */
+  else if (re_token_of (o, token, sizeof token)) {
+    size_t n = strnlen (token, sizeof token);
+    if (n == 0 || n == sizeof token || strpbrk (token, "\r\n"))
+      abort ();
+    if (verbose)
+      fprintf (verbose, "fuzz-registry: login: token %s\n", token);
+  }
+  json_object_put (o);
+}
+
 /* ------------------------------------------------------------- target */
 
 int
@@ -376,7 +403,7 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
 {
   if (size < 1)
     return 0;
-  int mode = data[0] % 5;
+  int mode = data[0] % 6;
   data++, size--;
   /* Exactly the bytes, as re_post's buffer holds them (it adds a NUL,
    * which the parsers must not need: json_tokener gets the length). */
@@ -393,6 +420,7 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
   case 2: fuzz_watch (text, size); break;
   case 3: fuzz_grant (text, size, false); break;
   case 4: fuzz_grant (text, size, true); break;
+  case 5: fuzz_login (text, size); break;
   }
   stderr = saved;
   free (text);

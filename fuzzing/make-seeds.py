@@ -240,6 +240,14 @@ registry = {
     "grant-huge-ttl": b'\3{"ID":"1","TTL":"9223372036854775807"}',
     "keepalive": b'\4{"result":{%s,"ID":"27762674292355334","TTL":"3"}}' % HDR.encode(),
     "keepalive-gone": b'\4{"result":{%s,"ID":"12345"}}' % HDR.encode(),
+    "login": b'\5{%s,"token":"TMLAyDWoeqRodlaA.14"}' % HDR.encode(),
+    "login-refused": b'\5{"error":"etcdserver: authentication failed, invalid '
+        b'user ID or password","message":"etcdserver: authentication failed, '
+        b'invalid user ID or password","code":3}',
+    "login-odd-token": b'\5{"token":"a\\r\\nInjected: yes"}',
+    "watch-token-lapsed": b'\2{"result":{%s,"watch_id":"-1","created":true,'
+        b'"canceled":true,"cancel_reason":"rpc error: code = Unauthenticated '
+        b'desc = etcdserver: invalid auth token"}}\n' % HDR.encode(),
 }
 
 for target, seeds in (("fuzz-nbd-handshake", handshake),
