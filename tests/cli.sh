@@ -522,6 +522,34 @@ fi
 run kh "${A[@]}" path enable "$D" direct
 wait_active "$D" "direct False active" 10 || fail "$D did not go back to direct"
 
+# A disabled path that leaves (BETA stops): show device still lists it as
+# disabled; enabling it while it is away is allowed, and it joins enabled.
+wait_up "$D" 2 10 || fail "$D: its paths are not both up before disabling served:BETA"
+run kb "${A[@]}" path disable "$D" served:BETA
+kill -TERM "${pid[beta]}"
+wait "${pid[beta]}" || fail "beta exited $? on SIGTERM"
+gone=
+for _ in $(seq 100); do
+  "${A[@]}" show device "$D" >"$tmp/absent.out" 2>&1
+  grep -q "Disabled, not here now: served:BETA" "$tmp/absent.out" && { gone=1; break; }
+  sleep 0.1
+done
+if [ $rc -eq 0 ] && [ -n "$gone" ]; then
+  pass "served:BETA disabled, then BETA stopped: show device lists it as disabled, not here now"
+else
+  fail "absent disabled path: rc $rc: $(cat "$tmp/kb.err" "$tmp/absent.out")"
+fi
+run ka "${A[@]}" path enable "$D" served:BETA
+if [ $rc -eq 0 ] && grep -q "it is not here now, and joins enabled" "$tmp/ka.out" \
+   && state_is 'd["units"] == {}'; then
+  pass "enabling it while it is away: exit 0, it will join enabled: $(cat "$tmp/ka.out")"
+else
+  fail "enable an absent path: rc $rc: $(cat "$tmp/ka.out" "$tmp/ka.err")"
+fi
+start beta
+wait_up "$D" 2 20 && pass "BETA back: served:BETA joins enabled, both paths up" \
+  || fail "served:BETA did not come back up"
+
 # ---------------------------------------------------------------- rescan
 truncate -s 16M "$tmp/shared/disk102.img"
 run rs "${A[@]}" rescan
