@@ -580,6 +580,14 @@ probe_done_locked (struct ap_unit *u, struct upath *up, int err,
   up->probe.internal.state = IO_FREE;
   bool first = up->never_probed;
   up->never_probed = false;
+  /* Closing: ap_unit_close fenced the probes itself.  A probe it ended
+   * says nothing about the path, and failing the active path now would
+   * start a verification that cannot probe (no_probes). */
+  if (u->no_probes) {
+    pthread_cond_signal (&u->wake);
+    pthread_cond_broadcast (&u->changed);
+    return;
+  }
   /* The disk answered: a medium error on the probed block, say, blames
    * the data, not the way to it; every path would say the same. */
   if (err == 0 || !ap_error_is_path_fault (err)) {
@@ -1024,7 +1032,11 @@ verify_step (struct ap_unit *u, uint64_t now)
   if (c) {
     u->verify_probe = c;
     start_probe (u, c, now);
-    return now;                 /* look again at once */
+    if (c->probe_busy || !u->no_probes)
+      return now;               /* look again at once */
+    /* Closing: no probe will come; do not look again in a loop (the unit
+     * thread would spin holding the lock, and close would wait forever). */
+    u->verify_probe = NULL;
   }
   if (now >= u->verify_deadline_ns)
     goto offline;

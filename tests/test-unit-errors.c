@@ -414,6 +414,33 @@ test_fua_reaches_path (void **state)
   free (buf);
 }
 
+/* Close while a probe of the active path hangs, nothing else in flight:
+ * close cancels the probe, which must not count as the path failing (it
+ * once sent the closing unit into a verification that could not probe,
+ * spinning with the lock held: close never returned). */
+static void
+test_close_probe_hung (void **state)
+{
+  struct tu *t = *state;
+  tu_path (t, "A");
+  tu_path (t, "B");
+  tu_unit (t, NULL);
+  assert_true (tu_wait_active (t, "A", 10));
+  unsigned probes = atomic_load (&tu_tp (t, "A")->probes);
+  ap_fault_set (tu_fault (t, "A"), AP_FAULT_HANG, 0, 0);
+  /* The checker probes the idle active path every TU_CK_MS: wait for one
+   * to be sent (it hangs), well before the request timeout fails it. */
+  uint64_t t0 = now_ms ();
+  while (atomic_load (&tu_tp (t, "A")->probes) == probes
+         && now_ms () - t0 < 1000)
+    sleep_ms (1);
+  assert_true (atomic_load (&tu_tp (t, "A")->probes) > probes);
+  t0 = now_ms ();
+  assert_int_equal (ap_unit_close (t->u), 0);
+  t->u = NULL;
+  assert_true (now_ms () - t0 < TU_RT_MS + 1000);
+}
+
 int
 main (void)
 {
@@ -423,6 +450,7 @@ main (void)
     T (test_path_faults),
     T (test_bad_input),
     T (test_close_inflight),
+    T (test_close_probe_hung),
     T (test_close_hung_path),
     T (test_close_all_hung),
     T (test_flush_after_failover),
