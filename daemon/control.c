@@ -310,11 +310,27 @@ find_unit (struct control *ctl, const char *name, json_object **err)
   return NULL;
 }
 
-/* The path of unit e named name (exact, else ignoring case) into out;
- * else -1 and *err an ENOENT reply listing its paths. */
+/* Where name is among names: the exact spelling, else ignoring case; -1
+ * if nowhere. */
 static int
-find_path (struct export *e, const char *name, char out[AP_NAME_MAX],
-           json_object **err)
+name_index (const char *const *names, unsigned n, const char *name)
+{
+  for (unsigned i = 0; i < n; i++)
+    if (strcmp (names[i], name) == 0)
+      return (int) i;
+  for (unsigned i = 0; i < n; i++)
+    if (strcasecmp (names[i], name) == 0)
+      return (int) i;
+  return -1;
+}
+
+/* The path of unit e named name into out; else -1 and *err an ENOENT
+ * reply listing its paths.  kept_disabled: a name the unit keeps disabled
+ * though no path of that name is there now (struct ap_unit_choices) is
+ * found too (enabling it forgets the choice). */
+static int
+find_path (struct export *e, const char *name, bool kept_disabled,
+           char out[AP_NAME_MAX], json_object **err)
 {
   struct ap_unit_status *st = malloc (sizeof *st);
   if (!st) {
@@ -322,50 +338,27 @@ find_path (struct export *e, const char *name, char out[AP_NAME_MAX],
     return -1;
   }
   ap_unit_get_status (e->unit, st);
-  int found = -1;
-  for (unsigned i = 0; i < st->npaths && found < 0; i++)
-    if (strcmp (st->paths[i].name, name) == 0)
-      found = (int) i;
-  for (unsigned i = 0; i < st->npaths && found < 0; i++)
-    if (strcasecmp (st->paths[i].name, name) == 0)
-      found = (int) i;
+  const char *names[AP_MAX_PATHS], *kept[AP_MAX_PATHS];
+  for (unsigned i = 0; i < st->npaths; i++)
+    names[i] = st->paths[i].name;
+  for (unsigned i = 0; i < st->choices.ndisabled; i++)
+    kept[i] = st->choices.disabled[i];
+  int found = name_index (names, st->npaths, name);
+  if (found < 0 && kept_disabled
+      && (found = name_index (kept, st->choices.ndisabled, name)) >= 0)
+    names[found] = kept[found];
   if (found >= 0) {
-    snprintf (out, AP_NAME_MAX, "%s", st->paths[found].name);
+    snprintf (out, AP_NAME_MAX, "%s", names[found]);
     free (st);
     return 0;
   }
-  const char *names[AP_MAX_PATHS];
   char list[1024] = "";
-  for (unsigned i = 0; i < st->npaths; i++)
-    names[i] = st->paths[i].name;
   name_list (list, sizeof list, names, st->npaths);
   *err = reply_error ("ENOENT", "device %s has no path '%s'; its paths are "
                       "%s ('altpath show device %s')", e->name, name,
                       st->npaths ? list : "none", e->name);
   free (st);
   return -1;
-}
-
-/* name is a path name unit e keeps disabled though no path of that name
- * is there now (struct ap_unit_choices): its exact spelling into out. */
-static bool
-kept_disabled (struct export *e, const char *name, char out[AP_NAME_MAX])
-{
-  struct ap_unit_status *st = malloc (sizeof *st);
-  if (!st)
-    return false;
-  ap_unit_get_status (e->unit, st);
-  int found = -1;
-  for (unsigned i = 0; i < st->choices.ndisabled && found < 0; i++)
-    if (strcmp (st->choices.disabled[i], name) == 0)
-      found = (int) i;
-  for (unsigned i = 0; i < st->choices.ndisabled && found < 0; i++)
-    if (strcasecmp (st->choices.disabled[i], name) == 0)
-      found = (int) i;
-  if (found >= 0)
-    snprintf (out, AP_NAME_MAX, "%s", st->choices.disabled[found]);
-  free (st);
-  return found >= 0;
 }
 
 /* ----------------------------------------------------------- handlers */
@@ -458,14 +451,12 @@ do_change (struct client *cl, const struct ctl_request *rq, enum change what)
   if (!e)
     return err;
   char path[AP_NAME_MAX] = "";
-  if (what != CH_UNPIN && find_path (e, rq->path, path, &err) < 0) {
-    /* A path that is gone but kept disabled may be enabled: the unit then
-     * forgets the choice, and the path joins enabled when it returns. */
-    if (what != CH_ENABLE || !kept_disabled (e, rq->path, path)) {
-      export_put (e);
-      return err;
-    }
-    json_object_put (err);
+  /* A path that is gone but kept disabled may be enabled: the unit then
+   * forgets the choice, and the path joins enabled when it returns. */
+  if (what != CH_UNPIN
+      && find_path (e, rq->path, what == CH_ENABLE, path, &err) < 0) {
+    export_put (e);
+    return err;
   }
   ap_info ("control: uid %u (pid %d): %s %s%s%s", (unsigned) cl->uid,
            (int) cl->pid, verb[what], e->name, path[0] ? " " : "", path);

@@ -1774,18 +1774,17 @@ int
 ap_unit_enable_path (struct ap_unit *u, const char *name)
 {
   pthread_mutex_lock (&u->lock);
-  if (!find_path (u, name) && disabled_index (u, name) >= 0) {
-    forget_disabled (u, name);
+  struct upath *up = find_path (u, name);
+  bool kept = disabled_index (u, name) >= 0;
+  forget_disabled (u, name);
+  if (!up) {
     pthread_mutex_unlock (&u->lock);
+    if (!kept)
+      return no_such_path (u, name);
     ap_info ("unit %s: path %s is enabled; it has not joined, and will "
              "join enabled", u->name, name);
     return 0;
   }
-  pthread_mutex_unlock (&u->lock);
-  struct upath *up = admin_path_locked (u, name);
-  if (!up)
-    return -1;
-  forget_disabled (u, name);
   if (!up->enabled) {
     up->enabled = true;
     /* Probe before use; once it answers, treat it like a path that just
